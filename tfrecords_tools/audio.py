@@ -123,8 +123,8 @@ def textgrid_words(path: str) -> tuple:
 
     Returns:
         ``(segments, labels, kind)``: ``[(start_s, end_s), ...]`` sorted by start, their
-        labels, and ``"word"`` (or ``"utterance"`` when the tier holds a single interval
-        spanning a whole sentence).
+        labels, and ``"word"`` (or ``"utterance"`` when every interval holds several
+        words, i.e. the tier aligns phrases or sentences rather than words).
 
     Raises:
         AudioError: The file cannot be parsed or has no usable interval tier.
@@ -149,7 +149,7 @@ def textgrid_words(path: str) -> tuple:
     )
     if not entries:
         raise AudioError(f"{path}: word tier {chosen} holds no labelled intervals")
-    kind = "utterance" if len(entries) == 1 and len(entries[0][2].split()) > 1 else "word"
+    kind = "utterance" if all(len(label.split()) > 1 for _, _, label in entries) else "word"
     return [(s, e) for s, e, _ in entries], [w for _, _, w in entries], kind
 
 

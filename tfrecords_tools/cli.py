@@ -52,8 +52,8 @@ def main(argv=None, prog: str = "python -m tfrecords_tools") -> int:
     """
     args = build_parser(prog).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in _COMMON}
-    reader = readers.get_reader(args.corpus, **options)
     try:
+        reader = readers.get_reader(args.corpus, **options)
         report = writer.convert(
             reader, args.src_dir, args.out_dir, shard_size=args.shard_size,
             sample_rate=args.sample_rate, textgrid_dirs=tuple(args.textgrids),

@@ -179,7 +179,8 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
 
     Args:
         reader: A `tfrecords_tools.reader.Reader`.
-        src_dir: The corpus folder as released.
+        src_dir: The corpus folder as released (or a manifest file, for readers that
+            take one; paths are then relative to its folder).
         out_dir: Output folder (created).
         shard_size: Source utterances per shard.
         sample_rate: Output rate, Hz.
@@ -204,7 +205,9 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
     """
     from tqdm import tqdm
 
+    reader.filtered.clear()
     found = list(reader.scan(src_dir))
+    src_root = src_dir if os.path.isdir(src_dir) else os.path.dirname(os.path.abspath(src_dir))
     utterances = sorted((u for u in found if isinstance(u, Utterance)),
                         key=lambda u: u.utterance_id)
     reader_skips = [(s.path, s.reason) for s in found if isinstance(s, Skipped)]
@@ -216,7 +219,7 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
         raise ValueError(f"{src_dir}: no {reader.name} utterances found "
                          f"({len(reader_skips)} files skipped)")
     for u in utterances:
-        u.path = os.path.relpath(u.audio_path, src_dir)
+        u.path = os.path.relpath(u.audio_path, src_root)
     if chunk_seconds is None:
         chunk_seconds = reader.chunk_seconds
     chunk_seconds = chunk_seconds or None
@@ -264,7 +267,7 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
                 continue
             items = [by_id[i] for i in shard["utterances"]]
             if textgrids is None:
-                textgrids = audio.textgrid_index([src_dir, *textgrid_dirs])
+                textgrids = audio.textgrid_index([src_root, *textgrid_dirs])
             metas.append(_write_shard(path, meta_path, items, sample_rate, textgrids,
                                       chunk_seconds, bar))
             written += 1

@@ -1,0 +1,249 @@
+"""Augmentation in the graph: word-centred random crops, VTLP, class oversampling.
+
+All functions are TensorFlow ops usable inside `tf.data` maps and Keras layers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+#: The eleven warp factors of test-time VTLP voting, 0.90, 0.92, ..., 1.10
+#: (Etienne et al., SMM 2018, Sec. 3.3).
+VTLP_TTA_ALPHAS = tuple(round(0.9 + 0.02 * k, 2) for k in range(11))
+#: Range of the random warp factor (Etienne et al. 2018, Sec. 3.3; Jaitly & Hinton 2013).
+VTLP_RANGE = (0.9, 1.1)
+#: Boundary frequency of the piecewise-linear warp as a fraction of f_max (eq. 1).
+VTLP_F0_RATIO = 0.9
+
+
+def vtlp_warp(freq_hz, alpha, fmax_hz: float, f0_ratio: float = VTLP_F0_RATIO):
+    """The VTLP frequency map G(f) of Etienne et al. 2018, eq. 1.
+
+    ``G(f) = alpha f`` for ``f <= f0``, and above ``f0`` the straight line from
+    ``(f0, alpha f0)`` to ``(f_max, f_max)``, with ``f0 = f0_ratio * f_max``; so
+    ``f_max`` maps to itself and ``alpha = 1`` is the identity.
+
+    Args:
+        freq_hz: Frequencies, Hz (NumPy array or tensor).
+        alpha: Warp factor (broadcasts against ``freq_hz``), typically in (0.9, 1.1).
+        fmax_hz: Upper frequency f_max (Nyquist), Hz.
+        f0_ratio: f0 / f_max (paper: 0.9).
+
+    Returns:
+        Warped frequencies, Hz, same type as the input.
+    """
+    f0 = f0_ratio * fmax_hz
+    lower = alpha * freq_hz
+    upper = alpha * f0 + (fmax_hz - alpha * f0) * (freq_hz - f0) / (fmax_hz - f0)
+    if isinstance(freq_hz, np.ndarray) or np.isscalar(freq_hz):
+        return np.where(freq_hz <= f0, lower, upper)
+    return tf.where(freq_hz <= f0, lower, upper)
+
+
+def vtlp_filterbank(band_edges_hz, bin_freqs_hz, alpha, fmax_hz: float,
+                    f0_ratio: float = VTLP_F0_RATIO, slaney_norm: bool = True) -> tf.Tensor:
+    """Mel filterbank seen through the VTLP warp: ``W[f, m] = T_m(G(f))``.
+
+    Band ``m`` collects the energy of every STFT bin ``f`` whose warped frequency
+    ``G(f)`` (eq. 1) falls inside its triangle ``T_m``, so energy at ``f`` lands where
+    ``G(f)`` lies on the mel axis: a 1 kHz tone shows up at 1.1 kHz with ``alpha = 1.1``.
+    Warping the filterbank (rather than resampling the spectrum) loses no energy where
+    the warp compresses frequencies and leaves no holes where it stretches them. With
+    ``alpha = 1`` this is the plain filterbank (librosa's construction).
+
+    Args:
+        band_edges_hz: ``(n_mels + 2,)`` lower/centre/upper frequencies of the triangles.
+        bin_freqs_hz: ``(bins,)`` centre frequency of each STFT bin.
+        alpha: Warp factor, scalar or ``(batch,)``.
+        fmax_hz: f_max of eq. 1, Hz (bins above it are not warped).
+        f0_ratio: f0 / f_max (paper: 0.9).
+        slaney_norm: Scale each triangle by ``2 / (upper - lower)`` (librosa's Slaney
+            normalisation); ``False`` for HTK-style unit-peak triangles.
+
+    Returns:
+        ``(batch, bins, n_mels)`` float32 weights.
+
+    Reference:
+        Etienne et al., SMM 2018, Sec. 3.3, eq. 1; Jaitly & Hinton, "Vocal tract length
+        perturbation (VTLP) improves speech recognition", ICML WDLASL 2013.
+    """
+    edges = tf.constant(np.asarray(band_edges_hz, np.float32))
+    freqs = tf.constant(np.asarray(bin_freqs_hz, np.float32))
+    alpha = tf.reshape(tf.cast(alpha, tf.float32), [-1, 1])
+    warped = vtlp_warp(freqs[tf.newaxis], alpha, fmax_hz, f0_ratio)
+    warped = tf.where(freqs[tf.newaxis] <= fmax_hz, warped, freqs[tf.newaxis] + 0.0 * alpha)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    g = warped[:, :, tf.newaxis]
+    rising = (g - lower) / (centre - lower)
+    falling = (upper - g) / (upper - centre)
+    weights = tf.maximum(0.0, tf.minimum(rising, falling))
+    if slaney_norm:
+        weights = weights * (2.0 / (upper - lower))
+    return weights
+
+
+def random_alpha(seed, shape=(), low: float = VTLP_RANGE[0], high: float = VTLP_RANGE[1]):
+    """Warp factors drawn uniformly from ``[low, high)`` with a stateless seed.
+
+    Args:
+        seed: ``(2,)`` int seed (`tf.random.stateless_uniform`).
+        shape: Output shape.
+
+    Returns:
+        float32 tensor of ``shape``.
+    """
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+
+class EpochAlpha:
+    """One VTLP warp factor per epoch, shared by every training example of that epoch.
+
+    The factor lives in a `tf.Variable` that `tf.data` maps read; `callback` returns a
+    Keras callback drawing a new factor at the start of every epoch, reproducibly from
+    ``seed`` and the epoch number (a resumed run draws the same factors).
+
+    Args:
+        seed: Integer seed.
+        low, high: Range of the factor.
+
+    Reference:
+        Etienne et al., SMM 2018, Sec. 3.3 (first strategy: a random factor per epoch).
+    """
+
+    def __init__(self, seed: int = 0, low: float = VTLP_RANGE[0], high: float = VTLP_RANGE[1]):
+        self.seed, self.low, self.high = seed, low, high
+        self.variable = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="vtlp_alpha")
+        self.history = {}
+
+    def set_epoch(self, epoch: int) -> float:
+        """Draw and store the factor of ``epoch``; returns it."""
+        value = float(np.random.default_rng([self.seed, epoch]).uniform(self.low, self.high))
+        self.variable.assign(value)
+        self.history[epoch] = value
+        return value
+
+    def value(self) -> tf.Tensor:
+        """The current factor (read inside a `tf.data` map)."""
+        return self.variable.read_value()
+
+    def callback(self) -> keras.callbacks.Callback:
+        """A callback calling `set_epoch` at each epoch start and logging ``vtlp_alpha``."""
+        owner = self
+
+        class _EpochAlphaCallback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                owner.set_epoch(epoch)
+
+            def on_epoch_end(self, epoch, logs=None):
+                if logs is not None:
+                    logs["vtlp_alpha"] = owner.history[epoch]
+
+        return _EpochAlphaCallback()
+
+
+def word_centred_crop(waveform: tf.Tensor, segments: tf.Tensor, width: int, seed,
+                      sample_rate: int = 16000, edge: str = "pad"):
+    """Crop a fixed-width window centred on a random point of a random segment.
+
+    A segment (word or syllable) is chosen uniformly, then a centre uniformly inside it,
+    and ``width`` samples around that centre are cut out. With ``edge="pad"`` the window
+    is always centred exactly on that point, zero-padded where it passes the start or end
+    of the utterance (also when the utterance is shorter than ``width``). With
+    ``edge="shift"`` the window is moved inside the utterance instead (the centre stays
+    inside the window but not in its middle); only utterances shorter than ``width`` are
+    padded (at the end). An utterance without segments uses its whole length as one.
+
+    Args:
+        waveform: ``(samples,)`` float32.
+        segments: ``(num_segments, 2)`` float32 start and end, seconds.
+        width: Crop length, samples.
+        seed: ``(2,)`` int seed for `tf.random.stateless_uniform`.
+        sample_rate: Hz.
+        edge: ``"pad"`` or ``"shift"``.
+
+    Returns:
+        ``(crop, centre, start)``: ``(width,)`` float32 crop; the chosen centre (sample
+        index in the utterance, int32); the first sample of the crop in the utterance
+        (int32, negative when padded at the start).
+
+    Raises:
+        ValueError: ``edge`` is not ``"pad"`` or ``"shift"``.
+
+    Reference:
+        Chang & Scherer, ICASSP 2017, Sec. 3.2 (random word-centred crops).
+    """
+    if edge not in ("pad", "shift"):
+        raise ValueError(f"edge must be 'pad' or 'shift', got {edge!r}")
+    length = tf.shape(waveform)[0]
+    duration = tf.cast(length, tf.float32) / sample_rate
+    segments = tf.reshape(tf.cast(segments, tf.float32), [-1, 2])
+    segments = tf.cond(tf.shape(segments)[0] > 0, lambda: segments,
+                       lambda: tf.stack([[0.0, duration]]))
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    pick = tf.random.stateless_uniform([], seeds[0], 0, tf.shape(segments)[0], dtype=tf.int32)
+    start_s, end_s = segments[pick, 0], tf.minimum(segments[pick, 1], duration)
+    centre_s = start_s + (end_s - start_s) * tf.random.stateless_uniform([], seeds[1])
+    centre = tf.minimum(tf.cast(tf.round(centre_s * sample_rate), tf.int32), length - 1)
+    begin = centre - width // 2
+    if edge == "shift":
+        begin = tf.clip_by_value(begin, 0, tf.maximum(length - width, 0))
+    padded = tf.pad(waveform, [[width, width]])
+    crop = padded[begin + width:begin + 2 * width]
+    return tf.ensure_shape(crop, [width]), centre, begin
+
+
+def class_counts_factors(counts: Mapping[str, int], factors: Union[str, Mapping[str, float]]):
+    """Integer repetition factors per class for oversampling.
+
+    Args:
+        counts: Examples per class in the training split.
+        factors: ``"balance"`` (each class repeated ``round(max_count / count)`` times),
+            or a mapping from class to factor for named classes (others 1; paper: 2 for
+            happiness and anger, Etienne et al. 2018, Sec. 3.3).
+
+    Returns:
+        Dict class -> int factor >= 1.
+
+    Raises:
+        ValueError: A named class is not in ``counts``, or a factor is below 1.
+    """
+    if factors == "balance":
+        largest = max(counts.values())
+        return {c: max(1, int(round(largest / n))) if n else 1 for c, n in counts.items()}
+    unknown = sorted(set(factors) - set(counts))
+    if unknown:
+        raise ValueError(f"oversampling names classes not in the data: {unknown}")
+    out = {c: 1 for c in counts}
+    for c, f in factors.items():
+        if f < 1:
+            raise ValueError(f"oversampling factor of '{c}' must be >= 1, got {f}")
+        out[c] = int(round(f))
+    return out
+
+
+def oversample(dataset: tf.data.Dataset, label_fn: Callable, factors: Mapping[int, int]):
+    """Repeat every example ``factors[label]`` times (before shuffling).
+
+    Args:
+        dataset: Dataset of examples.
+        label_fn: Maps an example to its int32 class index.
+        factors: Class index -> repetition count (missing classes: 1).
+
+    Returns:
+        The oversampled dataset (deterministic: each example and its copies in a row).
+    """
+    size = max(factors) + 1 if factors else 1
+    table = tf.constant([int(factors.get(k, 1)) for k in range(size)], tf.int64)
+
+    def repeat(example):
+        label = tf.cast(label_fn(example), tf.int64)
+        count = tf.where((label >= 0) & (label < size),
+                         tf.gather(table, tf.clip_by_value(label, 0, size - 1)),
+                         tf.constant(1, tf.int64))
+        return tf.data.Dataset.from_tensors(example).repeat(count)
+
+    return dataset.flat_map(repeat)
