@@ -175,7 +175,6 @@ class CremaDReader(Reader):
         paths = audio_files(wav_dir if os.path.isdir(wav_dir) else root, (".wav",))
         demographics_path = self._demographics_path(root)
         sexes = read_demographics(demographics_path) if demographics_path else {}
-        seen = set()
         for path in paths:
             stem = os.path.splitext(os.path.basename(path))[0]
             try:
@@ -184,10 +183,8 @@ class CremaDReader(Reader):
                 yield Skipped(path, str(err))
                 continue
             utterance_id = stem.upper()
-            if utterance_id in seen:
-                self.filter_out("duplicate")
+            if self.seen_before(utterance_id):
                 continue
-            seen.add(utterance_id)
             yield Utterance(
                 utterance_id=utterance_id, corpus=self.name, audio_path=path,
                 speaker=fields["speaker"], session=fields["speaker"],

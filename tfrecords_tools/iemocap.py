@@ -359,7 +359,7 @@ class IEMOCAPReader(Reader):
             FileNotFoundError: No ``Session<N>`` folder, or a session without
                 ``sentences/wav``.
         """
-        self.filtered = {}
+        self.reset()
         for session_dir in session_folders(root):
             wav_dir = require_dir(os.path.join(session_dir, "sentences", "wav"),
                                   "IEMOCAP sentences/wav folder")

@@ -139,7 +139,6 @@ class RavdessReader(Reader):
         paths = audio_files(root, (".wav",))
         if not any(_ACTOR_DIR.match(d) for _, dirs, _ in os.walk(root) for d in dirs):
             raise FileNotFoundError(f"{root}: no RAVDESS Actor_NN folder found")
-        seen = set()
         for path in paths:
             stem = os.path.splitext(os.path.basename(path))[0]
             folder = os.path.basename(os.path.dirname(path))
@@ -159,10 +158,8 @@ class RavdessReader(Reader):
             if fields["channel"] == "song" and not self.include_song:
                 self.filter_out("song")
                 continue
-            if stem in seen:
-                self.filter_out("duplicate")
+            if self.seen_before(stem):
                 continue
-            seen.add(stem)
             actor = fields["actor"]
             yield Utterance(
                 utterance_id=stem, corpus=self.name, audio_path=path, speaker=actor,

@@ -41,6 +41,24 @@ class Reader:
     def __init__(self, **options):
         self.options = options
         self.filtered = {}
+        self._seen = set()
+
+    def reset(self) -> None:
+        """Forget the counts and ids of an earlier scan (the writer calls this first)."""
+        self.filtered = {}
+        self._seen = set()
+
+    def seen_before(self, utterance_id: str) -> bool:
+        """True, and counted under ``filtered["duplicate"]``, for an id already yielded.
+
+        Some copies of the acted corpora ship every file twice (e.g. two layouts side by
+        side); the first copy in sorted path order is kept.
+        """
+        if utterance_id in self._seen:
+            self.filter_out("duplicate")
+            return True
+        self._seen.add(utterance_id)
+        return False
 
     def filter_out(self, reason: str) -> None:
         """Count one utterance left out on purpose (not an error) under ``reason``."""

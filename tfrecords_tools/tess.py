@@ -101,7 +101,6 @@ class TessReader(Reader):
         Raises:
             FileNotFoundError: ``root`` is not a folder.
         """
-        seen = set()
         for path in audio_files(root, (".wav",)):
             stem = os.path.splitext(os.path.basename(path))[0]
             try:
@@ -110,10 +109,8 @@ class TessReader(Reader):
                 yield Skipped(path, str(err))
                 continue
             utterance_id = f"{fields['speaker']}_{fields['word']}_{fields['emotion']}"
-            if utterance_id in seen:
-                self.filter_out("duplicate")
+            if self.seen_before(utterance_id):
                 continue
-            seen.add(utterance_id)
             yield Utterance(
                 utterance_id=utterance_id, corpus=self.name, audio_path=path,
                 speaker=fields["speaker"], session=fields["speaker"], gender="female",

@@ -205,7 +205,7 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
     """
     from tqdm import tqdm
 
-    reader.filtered.clear()
+    reader.reset()
     found = list(reader.scan(src_dir))
     src_root = src_dir if os.path.isdir(src_dir) else os.path.dirname(os.path.abspath(src_dir))
     utterances = sorted((u for u in found if isinstance(u, Utterance)),
