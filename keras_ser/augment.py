@@ -71,8 +71,8 @@ def vtlp_filterbank(band_edges_hz, bin_freqs_hz, alpha, fmax_hz: float,
         Etienne et al., SMM 2018, Sec. 3.3, eq. 1; Jaitly & Hinton, "Vocal tract length
         perturbation (VTLP) improves speech recognition", ICML WDLASL 2013.
     """
-    edges = tf.constant(np.asarray(band_edges_hz, np.float32))
-    freqs = tf.constant(np.asarray(bin_freqs_hz, np.float32))
+    edges = tf.cast(band_edges_hz, tf.float32)
+    freqs = tf.cast(bin_freqs_hz, tf.float32)
     alpha = tf.reshape(tf.cast(alpha, tf.float32), [-1, 1])
     warped = vtlp_warp(freqs[tf.newaxis], alpha, fmax_hz, f0_ratio)
     warped = tf.where(freqs[tf.newaxis] <= fmax_hz, warped, freqs[tf.newaxis] + 0.0 * alpha)
@@ -145,6 +145,77 @@ class EpochAlpha:
         return _EpochAlphaCallback()
 
 
+def crop_positions(lengths: tf.Tensor, segments: tf.Tensor, counts: tf.Tensor, width: int,
+                   seed, sample_rate: int = 16000, edge: str = "pad"):
+    """Where the word-centred crops of a batch start (see `word_centred_crop`).
+
+    Args:
+        lengths: ``(batch,)`` valid samples per utterance.
+        segments: ``(total_segments, 2)`` float32 start/end in seconds of every
+            utterance's segments, utterance after utterance (a ragged batch's values).
+        counts: ``(batch,)`` segments per utterance; an utterance without segments uses
+            its whole length.
+        width: Crop length, samples.
+        seed: ``(2,)`` int seed of this batch.
+        sample_rate: Hz.
+        edge: ``"pad"`` or ``"shift"``.
+
+    Returns:
+        ``(centres, begins)``: ``(batch,)`` int32 chosen centre and first sample of each
+        crop (negative when the crop is zero-padded at the start).
+
+    Raises:
+        ValueError: ``edge`` is not ``"pad"`` or ``"shift"``.
+
+    Reference:
+        Chang & Scherer, ICASSP 2017, Sec. 3.2 (random word-centred crops).
+    """
+    if edge not in ("pad", "shift"):
+        raise ValueError(f"edge must be 'pad' or 'shift', got {edge!r}")
+    lengths = tf.cast(lengths, tf.int32)
+    counts = tf.cast(counts, tf.int32)
+    has = counts > 0
+    draws = tf.random.stateless_uniform(tf.stack([tf.shape(lengths)[0], 2]), seed)
+    pick = tf.minimum(tf.cast(draws[:, 0] * tf.cast(tf.maximum(counts, 1), tf.float32),
+                              tf.int32), tf.maximum(counts, 1) - 1)
+    values = tf.reshape(tf.cast(segments, tf.float32), [-1, 2])
+    values = tf.concat([values, tf.zeros([1, 2])], axis=0)  # a safe index for empty rows
+    row_starts = tf.cumsum(counts, exclusive=True)
+    index = tf.where(has, row_starts + pick, tf.shape(values)[0] - 1)
+    duration = tf.cast(lengths, tf.float32) / sample_rate
+    start = tf.where(has, tf.gather(values[:, 0], index), 0.0)
+    end = tf.minimum(tf.where(has, tf.gather(values[:, 1], index), duration), duration)
+    centre_s = start + (end - start) * draws[:, 1]
+    centres = tf.minimum(tf.cast(tf.round(centre_s * sample_rate), tf.int32), lengths - 1)
+    begins = centres - width // 2
+    if edge == "shift":
+        begins = tf.clip_by_value(begins, 0, tf.maximum(lengths - width, 0))
+    return centres, begins
+
+
+def word_centred_crops(waveforms: tf.Tensor, lengths: tf.Tensor, segments: tf.Tensor,
+                       counts: tf.Tensor, width: int, seed, sample_rate: int = 16000,
+                       edge: str = "pad"):
+    """Batched word-centred random crops of waveforms held in a padded tensor.
+
+    Args:
+        waveforms: ``(batch, max_samples)``, zero beyond each length.
+        lengths, segments, counts, width, seed, sample_rate, edge: As in `crop_positions`.
+
+    Returns:
+        ``(crops, centres, begins)``: ``(batch, width)`` crops in the waveforms' dtype and
+        the `crop_positions` results.
+
+    Raises:
+        ValueError: ``edge`` is not ``"pad"`` or ``"shift"``.
+    """
+    centres, begins = crop_positions(lengths, segments, counts, width, seed, sample_rate,
+                                     edge)
+    padded = tf.pad(waveforms, [[0, 0], [width, width]])
+    positions = begins[:, tf.newaxis] + width + tf.range(width)[tf.newaxis]
+    return tf.gather(padded, positions, batch_dims=1), centres, begins
+
+
 def word_centred_crop(waveform: tf.Tensor, segments: tf.Tensor, width: int, seed,
                       sample_rate: int = 16000, edge: str = "pad"):
     """Crop a fixed-width window centred on a random point of a random segment.
@@ -166,9 +237,9 @@ def word_centred_crop(waveform: tf.Tensor, segments: tf.Tensor, width: int, seed
         edge: ``"pad"`` or ``"shift"``.
 
     Returns:
-        ``(crop, centre, start)``: ``(width,)`` float32 crop; the chosen centre (sample
-        index in the utterance, int32); the first sample of the crop in the utterance
-        (int32, negative when padded at the start).
+        ``(crop, centre, start)``: ``(width,)`` crop; the chosen centre (sample index in
+        the utterance, int32); the first sample of the crop in the utterance (int32,
+        negative when padded at the start).
 
     Raises:
         ValueError: ``edge`` is not ``"pad"`` or ``"shift"``.
@@ -176,24 +247,12 @@ def word_centred_crop(waveform: tf.Tensor, segments: tf.Tensor, width: int, seed
     Reference:
         Chang & Scherer, ICASSP 2017, Sec. 3.2 (random word-centred crops).
     """
-    if edge not in ("pad", "shift"):
-        raise ValueError(f"edge must be 'pad' or 'shift', got {edge!r}")
-    length = tf.shape(waveform)[0]
-    duration = tf.cast(length, tf.float32) / sample_rate
+    waveform = tf.convert_to_tensor(waveform)
     segments = tf.reshape(tf.cast(segments, tf.float32), [-1, 2])
-    segments = tf.cond(tf.shape(segments)[0] > 0, lambda: segments,
-                       lambda: tf.stack([[0.0, duration]]))
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    pick = tf.random.stateless_uniform([], seeds[0], 0, tf.shape(segments)[0], dtype=tf.int32)
-    start_s, end_s = segments[pick, 0], tf.minimum(segments[pick, 1], duration)
-    centre_s = start_s + (end_s - start_s) * tf.random.stateless_uniform([], seeds[1])
-    centre = tf.minimum(tf.cast(tf.round(centre_s * sample_rate), tf.int32), length - 1)
-    begin = centre - width // 2
-    if edge == "shift":
-        begin = tf.clip_by_value(begin, 0, tf.maximum(length - width, 0))
-    padded = tf.pad(waveform, [[width, width]])
-    crop = padded[begin + width:begin + 2 * width]
-    return tf.ensure_shape(crop, [width]), centre, begin
+    crops, centres, begins = word_centred_crops(
+        waveform[tf.newaxis], tf.shape(waveform)[:1], segments, tf.shape(segments)[:1],
+        width, seed, sample_rate, edge)
+    return crops[0], centres[0], begins[0]
 
 
 def class_counts_factors(counts: Mapping[str, int], factors: Union[str, Mapping[str, float]]):

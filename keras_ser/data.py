@@ -139,13 +139,6 @@ def label_counts(records, classes: Sequence[str],
     return counts
 
 
-def _string_table(keys: Sequence[str]) -> tf.lookup.StaticHashTable:
-    return tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys), tf.string),
-                                            tf.range(len(keys), dtype=tf.int32)),
-        default_value=-1)
-
-
 def _normaliser(normalise: Optional[str], stats: Optional[dict]):
     if normalise is None:
         return None
@@ -167,10 +160,14 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
                  crop_frames: Optional[int] = None, crop: str = "word", crop_edge: str = "pad",
                  vtlp=None, oversample=None, normalise: Optional[str] = None,
                  stats: Optional[dict] = None, batch_size: int = 32, shuffle: bool = False,
-                 shuffle_buffer: int = 4096, seed: int = 0, repeat: bool = False,
+                 shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = False,
                  cache: bool = False, drop_remainder: bool = False,
                  keep: Sequence[str] = ()) -> tf.data.Dataset:
     """A batched dataset of features for one split.
+
+    Which records belong to the split, and their labels, come from the shards' side files,
+    so per-example work touches only serialised strings; parsing, decoding, cropping,
+    VTLP and features then run on whole batches.
 
     Args:
         records: Record folder (from the converter) or list of shard files.
@@ -180,7 +177,7 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
         features: Preset name or `keras_ser.features.FeatureConfig`.
         crop_frames: Patch width in frames: each example is cropped to the waveform
             length giving exactly this many frames. ``None`` keeps whole utterances
-            (padded per batch, with a mask).
+            (zero-padded per batch, with a mask).
         crop: ``"word"`` (word-centred random crop, Chang & Scherer 2017), ``"random"``
             (uniform centre over the utterance) or ``"centre"`` (deterministic middle).
         crop_edge: ``"pad"`` or ``"shift"`` (`keras_ser.augment.word_centred_crop`).
@@ -197,25 +194,37 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
         shuffle, shuffle_buffer: Shuffle examples (reshuffled every epoch).
         seed: Seed of shuffling, crops and VTLP factors.
         repeat: Repeat forever.
-        cache: Keep decoded, filtered waveforms in memory after the first epoch.
+        cache: Keep the split's serialised records in memory after the first epoch.
         drop_remainder: Drop the last partial batch.
-        keep: Extra per-example fields to pass through (``"speaker"``, ``"valence"``, ...).
+        keep: Extra scalar fields of the schema to pass through (``"speaker"``,
+            ``"utterance_id"``, ``"valence"``, ...).
 
     Returns:
         A dataset of dicts: ``features`` ``(batch, frames, feature_dim)`` float32
         (images: ``(batch, height, width, 3)``), ``label`` ``(batch,)`` int32,
         ``length`` ``(batch,)`` int32 valid frames, ``mask`` ``(batch, frames)`` bool,
-        and the ``keep`` fields.
+        and the ``keep`` fields. Its cardinality is known unless ``repeat``.
 
     Raises:
-        FileNotFoundError: No shards.
+        FileNotFoundError: No shards, or a shard without its side file.
         ValueError: Bad option values, or statistics that do not match ``features``.
+        tf.errors.InvalidArgumentError: (while iterating) a shard's records do not match
+            its side file.
     """
     config = feats.get_preset(features)
     if crop not in ("word", "random", "centre"):
         raise ValueError(f"crop must be 'word', 'random' or 'centre', got {crop!r}")
+    if crop_edge not in ("pad", "shift"):
+        raise ValueError(f"crop_edge must be 'pad' or 'shift', got {crop_edge!r}")
     if oversample is not None and classes is None:
         raise ValueError("oversample needs classes")
+    spec = feature_spec()
+    bad_keep = [k for k in keep if k not in spec or isinstance(spec[k], tf.io.VarLenFeature)
+                or k == "pcm"]
+    if bad_keep:
+        raise ValueError(f"keep takes scalar schema fields, not {bad_keep}")
+    if vtlp is not None and vtlp != "example" and not isinstance(vtlp, augment.EpochAlpha):
+        vtlp = float(vtlp)
     files = record_files(records)
     if normalise is not None and stats is None:
         if not isinstance(records, str) or not os.path.isdir(records):
@@ -223,92 +232,113 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
         stats = feats.load_feature_stats(records, config)
     scale = _normaliser(normalise, stats)
 
-    ds = read_records(files)
-    if speakers is not None:
-        speaker_table = _string_table(sorted(set(speakers)))
-        ds = ds.filter(lambda ex: speaker_table.lookup(ex["speaker"]) >= 0)
-    if classes is not None:
-        class_table = _string_table(list(classes))
-        ds = ds.map(lambda ex: {**ex, "label": class_table.lookup(ex["emotion"])},
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.filter(lambda ex: ex["label"] >= 0)
-    else:
-        ds = ds.map(lambda ex: {**ex, "label": tf.constant(-1, tf.int32)})
-    wanted = {"waveform", "num_samples", "segments", "label", *keep}
-    ds = ds.map(lambda ex: {k: v for k, v in ex.items() if k in wanted})
+    metadata = record_metadata(files)
+    speaker_set = None if speakers is None else set(speakers)
+    class_index = {c: i for i, c in enumerate(classes or ())}
+    labels = np.array([class_index.get(r["emotion"], -1) for r in metadata], np.int32)
+    selected = np.array([(speaker_set is None or r["speaker"] in speaker_set)
+                         and (classes is None or r["emotion"] in class_index)
+                         for r in metadata], bool)
+    index = tf.data.Dataset.from_tensor_slices({
+        "expected_id": tf.constant([r["utterance_id"] for r in metadata], tf.string),
+        "label": labels, "chosen": selected})
+    ds = tf.data.Dataset.zip(tf.data.TFRecordDataset(files), index)
+    ds = ds.filter(lambda serialized, meta: meta["chosen"])
+    ds = ds.map(lambda serialized, meta: {"serialized": serialized, "label": meta["label"],
+                                          "expected_id": meta["expected_id"]})
     if cache:
         ds = ds.cache()
+    examples = int(selected.sum())
     if oversample is not None:
-        counts = label_counts(files, classes, speakers)
+        counts = {c: int(((labels == i) & selected).sum()) for c, i in class_index.items()}
         factors = augment.class_counts_factors(counts, oversample)
         ds = augment.oversample(ds, lambda ex: ex["label"],
-                                {list(classes).index(c): f for c, f in factors.items()})
+                                {class_index[c]: f for c, f in factors.items()})
+        examples = sum(counts[c] * factors[c] for c in counts)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     ds = tf.data.Dataset.zip(ds, seeds)
 
-    def _example_alpha(seed_pair):
-        return augment.random_alpha(tf.random.experimental.stateless_fold_in(seed_pair, 1))
+    parse_spec = {k: spec[k] for k in ("pcm", "num_samples", "segment_start", "segment_end",
+                                       "utterance_id", *keep)}
+    width = config.samples_for_frames(crop_frames) if crop_frames is not None else None
 
-    if crop_frames is not None:
-        width = config.samples_for_frames(crop_frames)
-
-        def cut(ex, s):
-            seed_pair = tf.cast(s, tf.int32)
-            wav = ex["waveform"]
+    def featurise(batch, batch_seed):
+        ex = tf.io.parse_example(batch["serialized"], parse_spec)
+        tf.debugging.assert_equal(ex["utterance_id"], batch["expected_id"], message=(
+            "a shard's records do not match its side file; re-run the converter"))
+        lengths = tf.cast(ex["num_samples"], tf.int32)
+        seeds = tf.random.experimental.stateless_split(tf.cast(batch_seed, tf.int32), 2)
+        if width is not None:
+            duration = tf.cast(lengths, tf.float32) / config.sample_rate
             if crop == "word":
-                segments = ex["segments"]
+                starts = ex["segment_start"]
+                segments = tf.stack([starts.values, ex["segment_end"].values], axis=1)
+                counts = tf.math.bincount(tf.cast(starts.indices[:, 0], tf.int32),
+                                          minlength=tf.shape(lengths)[0], dtype=tf.int32)
             elif crop == "random":
-                segments = tf.zeros([0, 2])
+                segments = tf.stack([tf.zeros_like(duration), duration], 1)
+                counts = tf.ones_like(lengths)
             else:
-                middle = tf.cast(tf.shape(wav)[0], tf.float32) / 2.0 / config.sample_rate
-                segments = tf.reshape(tf.stack([middle, middle]), [1, 2])
-            piece, _, _ = augment.word_centred_crop(wav, segments, width, seed_pair,
-                                                    config.sample_rate, crop_edge)
-            out = {k: v for k, v in ex.items() if k not in ("waveform", "segments")}
-            out["waveform"] = piece
-            out["length"] = tf.constant(crop_frames, tf.int32)
-            out["alpha"] = _example_alpha(seed_pair)
-            return out
-
-        ds = ds.map(cut, num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    else:
-        def whole(ex, s):
-            out = {k: v for k, v in ex.items() if k != "segments"}
-            out["length"] = config.num_frames(ex["num_samples"])
-            out["alpha"] = _example_alpha(tf.cast(s, tf.int32))
-            return out
-
-        ds = ds.map(whole, num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
-
-    def featurise(batch):
+                segments = tf.stack([duration / 2.0, duration / 2.0], 1)
+                counts = tf.ones_like(lengths)
+            _, begins = augment.crop_positions(lengths, segments, counts, width, seeds[0],
+                                               config.sample_rate, crop_edge)
+            pcm = crop_pcm(ex["pcm"], begins, width)
+            frames = tf.fill(tf.shape(lengths), crop_frames)
+        else:
+            pcm = tf.io.decode_raw(ex["pcm"], tf.int16, little_endian=True,
+                                   fixed_length=2 * tf.reduce_max(lengths))
+            frames = config.num_frames(lengths)
+        waveform = tf.cast(pcm, tf.float32) / 32768.0
         alpha = None
         if vtlp == "example":
-            alpha = batch["alpha"]
+            alpha = augment.random_alpha(seeds[1], tf.shape(lengths))
         elif isinstance(vtlp, augment.EpochAlpha):
             alpha = vtlp.value()
         elif vtlp is not None:
-            alpha = tf.constant(float(vtlp))
-        x = feats.compute_features(batch["waveform"], config, alpha)
+            alpha = tf.constant(vtlp)
+        x = feats.compute_features(waveform, config, alpha)
         if scale is not None:
             x = scale(x)
-        out = {k: v for k, v in batch.items()
-               if k not in ("waveform", "alpha", "num_samples")}
-        out["features"] = x
-        frames = tf.shape(x)[1]
-        out["mask"] = tf.sequence_mask(batch["length"], frames)
+        out = {k: ex[k] for k in keep}
+        out.update(features=x, label=batch["label"], length=frames,
+                   mask=tf.sequence_mask(frames, tf.shape(x)[1]))
         return out
 
-    if vtlp is not None and vtlp != "example" and not isinstance(vtlp, augment.EpochAlpha):
-        float(vtlp)  # a fixed factor must be a number; raises ValueError otherwise
     ds = ds.map(featurise, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if not repeat:
+        batches = examples // batch_size if drop_remainder else -(-examples // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds.prefetch(AUTOTUNE)
+
+
+def crop_pcm(pcm: tf.Tensor, begins: tf.Tensor, width: int) -> tf.Tensor:
+    """Cut ``width`` samples starting at ``begins`` straight out of serialised int16 PCM.
+
+    Only the crop is decoded, not the utterance: a window starting before the first
+    sample is zero-padded at the start, one running past the last sample at the end.
+
+    Args:
+        pcm: ``(batch,)`` strings of little-endian int16 samples (the ``pcm`` field).
+        begins: ``(batch,)`` int32 first sample of each crop (may be negative; must be
+            below the utterance's length).
+        width: Crop length, samples.
+
+    Returns:
+        ``(batch, width)`` int16.
+    """
+    begins = tf.cast(begins, tf.int32)
+    lead = tf.maximum(-begins, 0)
+    zeros = tf.fill(tf.shape(pcm), tf.constant(b"\0" * (2 * width)))
+    head = tf.strings.substr(zeros, tf.zeros_like(lead), 2 * lead)
+    body = tf.strings.substr(pcm, 2 * tf.maximum(begins, 0), 2 * (width - lead))
+    return tf.io.decode_raw(tf.strings.join([head, body]), tf.int16, little_endian=True,
+                            fixed_length=2 * width)
 
 
 def to_keras(dataset: tf.data.Dataset, inputs: Union[str, Sequence[str]] = "features",

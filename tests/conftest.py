@@ -37,3 +37,14 @@ def emodb_records(shared_data, tmp_path_factory):
     report = writer.convert(reader.get_reader("emodb"), os.path.join(shared_data, "emodb"),
                             out, shard_size=128, progress=False)
     return out, report
+
+
+@pytest.fixture(scope="session")
+def aligned_records(shared_data, tmp_path_factory):
+    """The TextGrid-aligned recordings converted with the "speech" reader; (out_dir, Report)."""
+    from tfrecords_tools import reader, writer
+
+    out = str(tmp_path_factory.mktemp("aligned_records"))
+    report = writer.convert(reader.get_reader("speech"), os.path.join(shared_data, "aligned"),
+                            out, progress=False)
+    return out, report

@@ -1,0 +1,74 @@
+"""The ``keras-ser`` command.
+
+Sub-commands:
+
+- ``keras-ser convert CORPUS SRC_DIR OUT_DIR [options]``: the corpus converter, the same as
+  ``python -m tfrecords_tools`` (see `tfrecords_tools.cli`).
+- ``keras-ser folds RECORD_DIR OUT.json --protocol loso-speaker``: speaker-independent
+  folds from a converted corpus's ``stats.json`` (see `keras_ser.folds`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _folds(argv) -> int:
+    from keras_ser import folds
+
+    parser = argparse.ArgumentParser(
+        prog="keras-ser folds", description="Write speaker-independent folds as JSON.")
+    parser.add_argument("records", help="record folder (with stats.json) or a stats.json")
+    parser.add_argument("out", help="output JSON file")
+    parser.add_argument("--protocol", choices=folds.PROTOCOLS, default="loso-speaker")
+    parser.add_argument("--validation", choices=folds.VALIDATION_RULES, default="next",
+                        help="validation speaker rule of loso-speaker")
+    parser.add_argument("--k", type=int, default=5, help="folds of the kfold protocol")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    stats = args.records
+    if os.path.isdir(stats):
+        stats = os.path.join(stats, "stats.json")
+    kwargs = {}
+    if args.protocol == "loso-speaker":
+        kwargs["validation"] = args.validation
+    elif args.protocol == "kfold":
+        kwargs.update(k=args.k, seed=args.seed)
+    try:
+        built = folds.folds_from_stats(stats, args.protocol, **kwargs)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import json
+
+    with open(stats, encoding="utf-8") as f:
+        corpus = json.load(f).get("corpus")
+    folds.save_folds(args.out, built, args.protocol, corpus=corpus)
+    for fold in built:
+        print(f"{fold.name}: train {len(fold.train)} speakers, validation "
+              f"{','.join(fold.validation)}, test {','.join(fold.test)}")
+    print(f"{len(built)} folds -> {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``keras-ser`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"convert": "convert a corpus to TFRecord shards",
+                "folds": "write speaker-independent folds (JSON) from stats.json"}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: keras-ser COMMAND [options]\n\ncommands:")
+        for name, text in commands.items():
+            print(f"  {name:10s}{text}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "convert":
+        from tfrecords_tools.cli import main as convert_main
+
+        return convert_main(argv[1:], prog="keras-ser convert")
+    return _folds(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
