@@ -73,6 +73,7 @@ def crop_and_featurise(wave, centre, alpha, cfg, edges, bin_freqs, width, libros
 
 
 def main(argv=None):
+    """Run the three paths side by side and print their rates and the ratio."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--emodb", default=os.path.join(HERE, "..", "..", "shared", "data",
                                                         "emodb"))

@@ -87,6 +87,11 @@ class EmoDBReader(Reader):
     description = "Berlin EmoDB (wav/, silb/, labsilb/)"
 
     def scan(self, root):
+        """Yield one `Utterance` per ``wav/*.wav`` (or a `Skipped` naming the problem).
+
+        Raises:
+            FileNotFoundError: ``root`` has no ``wav/`` folder.
+        """
         wav_dir = require_dir(os.path.join(root, "wav"), "EmoDB wav/ folder")
         for path in audio_files(wav_dir):
             stem = os.path.splitext(os.path.basename(path))[0]
