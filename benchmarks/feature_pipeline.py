@@ -89,7 +89,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from keras_ser import augment, data, features as F
-    from tfrecords_tools import emodb, reader, writer
+    from tfrecords_tools import reader, writer
 
     cfg = F.get_preset("eskimez")
     records = args.records

@@ -5,7 +5,7 @@ All functions are TensorFlow ops usable inside `tf.data` maps and Keras layers.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Union
 
 import keras
 import numpy as np
