@@ -6,6 +6,8 @@ Sub-commands:
   ``python -m tfrecords_tools`` (see `tfrecords_tools.cli`).
 - ``keras-ser folds RECORD_DIR OUT.json --protocol loso-speaker``: speaker-independent
   folds from a converted corpus's ``stats.json`` (see `keras_ser.folds`).
+- ``keras-ser predict MODEL_DIR FILE [FILE ...] [--json]``: classify audio files with an
+  exported model (see `keras_ser.export`).
 """
 
 from __future__ import annotations
@@ -53,11 +55,50 @@ def _folds(argv) -> int:
     return 0
 
 
+def _predict(argv) -> int:
+    """``keras-ser predict``: class probabilities of audio files from an exported model.
+
+    Prints, per file, the probabilities sorted from most to least likely (3 decimals) and
+    the predicted class, or a JSON list with ``--json``. Returns 0, or 2 with a one-line
+    ``error: ...`` on stderr when the model folder is missing or not an export, or an
+    audio file is missing, undecodable, empty or shorter than the model's minimum.
+    """
+    parser = argparse.ArgumentParser(
+        prog="keras-ser predict",
+        description="Classify audio files (any rate, channels, WAV/FLAC/OGG) with an "
+                    "exported model.")
+    parser.add_argument("model", help="export folder written by keras_ser.export")
+    parser.add_argument("files", nargs="+", help="audio files")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    from keras_ser import export
+
+    try:
+        results = export.predict_files(args.model, args.files)
+    except (OSError, ValueError, TypeError) as err:
+        message = " ".join(str(err).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        print(f"{result['file']}: {result['predicted']}")
+        ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
+        width = max(len(name) for name, _ in ranked)
+        for name, prob in ranked:
+            print(f"  {name:{width}s}  {prob:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of the ``keras-ser`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"convert": "convert a corpus to TFRecord shards",
-                "folds": "write speaker-independent folds (JSON) from stats.json"}
+                "folds": "write speaker-independent folds (JSON) from stats.json",
+                "predict": "classify audio files with an exported model"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: keras-ser COMMAND [options]\n\ncommands:")
         for name, text in commands.items():
@@ -67,6 +108,8 @@ def main(argv=None) -> int:
         from tfrecords_tools.cli import main as convert_main
 
         return convert_main(argv[1:], prog="keras-ser convert")
+    if argv[0] == "predict":
+        return _predict(argv[1:])
     return _folds(argv[1:])
 
 

@@ -1,0 +1,373 @@
+"""Pictures for monitoring training: spectrogram grids, confusion matrices, TensorBoard.
+
+Spectrogram batches are laid out as the features are, time first: ``(n, frames, mels)``
+or ``(n, frames, mels, 1)`` with values in [-1, 1] (a generator's tanh output or a
+min-max normalised log-mel). Every tile is drawn the way spectrograms are read: time runs
+left to right, frequency bottom to top (mel bin 0, the lowest band, on the bottom row),
+and values go through matplotlib's perceptual 'magma' colormap.
+
+Watching a fixed batch of noise vectors turn into spectrograms epoch after epoch is the
+standard check on a generator: sample grids of this kind follow the practice of Radford
+et al. (2016, "Unsupervised representation learning with deep convolutional generative
+adversarial networks", ICLR: DCGAN), and grids of generated spectrograms are what Chang &
+Scherer (2017, ICASSP) and Eskimez et al. (2020, "GAN-based data generation for speech
+emotion recognition", Interspeech, Fig. 2) show. `SpectrogramGridCallback` writes such a
+grid to TensorBoard and to PNG files.
+
+Figures are drawn with `matplotlib.figure.Figure` and the Agg canvas, never through
+pyplot, so no global figure state is created or left behind. Every file is written
+atomically (a temporary file in the target folder, then `os.replace`), so a reader never
+sees half a PNG; parent folders are created as needed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+#: Colour of the gaps between tiles and of empty grid cells (mid grey, neutral to 'magma').
+GAP_COLOUR = (128, 128, 128)
+
+_DPI = 100
+
+
+def _spectrogram_batch(images, name: str = "images") -> np.ndarray:
+    """``images`` as a float64 ``(n, frames, mels)`` array; raises on a wrong shape."""
+    array = np.asarray(images)
+    if array.ndim == 4:
+        if array.shape[-1] != 1:
+            raise ValueError(f"{name} must be (n, frames, mels) or (n, frames, mels, 1), "
+                             f"got shape {array.shape} with {array.shape[-1]} channels")
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be (n, frames, mels) or (n, frames, mels, 1), "
+                         f"got rank {array.ndim} (shape {array.shape})")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {array.shape})")
+    if array.shape[1] == 0 or array.shape[2] == 0:
+        raise ValueError(f"{name} has empty spectrograms (shape {array.shape})")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+    return array.astype(np.float64)
+
+
+def _colourise(tiles: np.ndarray) -> np.ndarray:
+    """Values in [-1, 1] (clipped; NaN -> `GAP_COLOUR`) to uint8 RGB through 'magma'."""
+    clipped = np.clip(tiles, -1.0, 1.0)
+    rgba = matplotlib.colormaps["magma"]((clipped + 1.0) / 2.0, bytes=True)
+    rgb = rgba[..., :3].copy()
+    rgb[np.isnan(tiles)] = GAP_COLOUR
+    return rgb
+
+
+def spectrogram_grid(images, cols: int | None = None, gap: int = 2) -> np.ndarray:
+    """Tile a batch of spectrograms into one RGB image, low frequencies at the bottom.
+
+    Tile ``i`` goes to grid row ``i // cols`` and column ``i % cols``. Inside a tile,
+    time index 0 is the leftmost pixel column and mel bin 0 (the lowest band) the bottom
+    pixel row, so a tile is ``mels`` pixels high and ``frames`` pixels wide. Values are
+    clipped to [-1, 1] (never wrapped) and mapped through matplotlib's 'magma' colormap,
+    -1 to its dark end and +1 to its bright end; NaN pixels are drawn in `GAP_COLOUR`.
+    This is the sample grid of Radford et al. 2016 (DCGAN) practice, and the kind of
+    grid of generated spectrograms that Chang & Scherer 2017 and Eskimez et al. 2020
+    (Fig. 2) show.
+
+    Args:
+        images: ``(n, frames, mels)`` or ``(n, frames, mels, 1)`` array-like (NumPy
+            array, tensor) with values in [-1, 1].
+        cols: Tiles per grid row; ``None`` means ``ceil(sqrt(n))``. Cells left over in
+            the last row are filled with `GAP_COLOUR`.
+        gap: Pixels of `GAP_COLOUR` between neighbouring tiles (none around the edge).
+
+    Returns:
+        uint8 array of shape ``(rows * mels + (rows - 1) * gap,
+        cols * frames + (cols - 1) * gap, 3)`` with ``rows = ceil(n / cols)``.
+
+    Raises:
+        ValueError: ``images`` is not of rank 3, or rank 4 with one channel; the batch
+            or the spectrograms are empty; ``cols`` is not a positive integer or ``gap``
+            a non-negative integer.
+    """
+    batch = _spectrogram_batch(images)
+    n, frames, mels = batch.shape
+    if cols is None:
+        cols = math.ceil(math.sqrt(n))
+    if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)) or cols < 1:
+        raise ValueError(f"cols must be a positive integer or None, got {cols!r}")
+    if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
+        raise ValueError(f"gap must be a non-negative integer, got {gap!r}")
+    cols, gap = int(cols), int(gap)
+    rows = math.ceil(n / cols)
+    # (n, frames, mels) -> (n, mels, frames) with mel bin 0 in the last (bottom) row.
+    tiles = _colourise(np.transpose(batch, (0, 2, 1))[:, ::-1, :])
+    grid = np.empty((rows * mels + (rows - 1) * gap, cols * frames + (cols - 1) * gap, 3),
+                    dtype=np.uint8)
+    grid[...] = GAP_COLOUR
+    for i in range(n):
+        top = (i // cols) * (mels + gap)
+        left = (i % cols) * (frames + gap)
+        grid[top:top + mels, left:left + frames] = tiles[i]
+    return grid
+
+
+def _atomic_write(path, write) -> str:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    # os.open with mode 0o666 honours the umask, unlike tempfile's private 0o600 files.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def save_png(rgb, path) -> str:
+    """Write an RGB image as a PNG file, atomically, creating parent folders.
+
+    Args:
+        rgb: uint8 array of shape ``(H, W, 3)``, e.g. from `spectrogram_grid`.
+        path: Target file (str or path-like); an existing file is replaced.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: ``rgb`` is not a non-empty ``(H, W, 3)`` uint8 array.
+        OSError: The file cannot be written (no partial file is left behind).
+    """
+    array = np.asarray(rgb)
+    if array.ndim != 3 or array.shape[-1] != 3 or 0 in array.shape:
+        raise ValueError(f"rgb must be a non-empty (H, W, 3) array, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8, got dtype {array.dtype}")
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return _atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def _save_figure(figure: Figure, path) -> str:
+    """Render ``figure`` with the Agg canvas to ``path`` as PNG, atomically."""
+    FigureCanvasAgg(figure)
+    return _atomic_write(path, lambda handle: figure.savefig(handle, format="png",
+                                                             dpi=_DPI))
+
+
+def _format_count(value: float) -> str:
+    """A count without a decimal point when it is integral."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
+
+
+def confusion_matrix_png(matrix, class_names, path, title: str | None = None,
+                         normalise: bool = True) -> str:
+    """Draw a confusion matrix as an annotated heat map and write it as PNG.
+
+    Rows are the true (reference) classes and columns the predicted classes, as returned
+    by `keras_ser.metrics.confusion`. Each cell shows the row-normalised percentage
+    (the share of that true class predicted as the column's class, so the diagonal holds
+    the per-class recalls) above the count; rows without any utterance show "n/a".
+
+    Args:
+        matrix: ``(C, C)`` array-like of non-negative, finite counts.
+        class_names: ``C`` class names, labelling both axes in index order.
+        path: Target PNG file; written atomically, parent folders created.
+        title: Figure title; ``None`` for none.
+        normalise: Colour the cells by the row-normalised fraction (True, so rare
+            classes stay readable) or by the raw counts (False). The annotations are the
+            same either way.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: ``matrix`` is not a non-empty square 2-D array, holds negative or
+            non-finite values, or the number of ``class_names`` differs from ``C``.
+    """
+    counts = np.asarray(matrix)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise ValueError(f"matrix must be a non-empty square (C, C) array, got shape "
+                         f"{counts.shape}")
+    if counts.dtype.kind not in "biuf":
+        raise ValueError(f"matrix must be numeric, got dtype {counts.dtype}")
+    counts = counts.astype(np.float64)
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("matrix must hold non-negative, finite counts")
+    names = [str(name) for name in class_names]
+    size = counts.shape[0]
+    if len(names) != size:
+        raise ValueError(f"{len(names)} class names for a {size}x{size} matrix")
+
+    totals = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    shade = fractions if normalise else counts
+    vmax = 1.0 if normalise else max(float(counts.max()), 1.0)
+
+    side = max(4.0, 1.0 + 0.9 * size)
+    figure = Figure(figsize=(side + 1.2, side), dpi=_DPI, layout="constrained")
+    axes = figure.add_subplot()
+    cmap = matplotlib.colormaps["Blues"]
+    mesh = axes.imshow(shade, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+    colourbar = figure.colorbar(mesh, ax=axes, fraction=0.046, pad=0.04)
+    colourbar.set_label("fraction of true class" if normalise else "count")
+    axes.set_xticks(np.arange(size), labels=names, rotation=45, ha="right",
+                    rotation_mode="anchor")
+    axes.set_yticks(np.arange(size), labels=names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    if title:
+        axes.set_title(title)
+    fontsize = max(6.0, min(10.0, 60.0 / size))
+    for row in range(size):
+        for col in range(size):
+            percent = (f"{100.0 * fractions[row, col]:.1f}%" if totals[row, 0] > 0
+                       else "n/a")
+            # Dark text on light cells, white text on dark ones.
+            red, green, blue, _ = cmap(shade[row, col] / vmax)
+            light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
+            axes.text(col, row, f"{percent}\n{_format_count(counts[row, col])}",
+                      ha="center", va="center", fontsize=fontsize,
+                      color="black" if light else "white")
+    return _save_figure(figure, path)
+
+
+def real_vs_generated_png(real, generated, path, title: str | None = None) -> str:
+    """Write the grid of real spectrograms beside the grid of generated ones as PNG.
+
+    Both batches are tiled with `spectrogram_grid` (default columns, low frequencies at
+    the bottom) and drawn in one figure under the captions "real" and "generated":
+    side by side, or one above the other when the grids are wider than tall. The batches
+    may differ in size and spectrogram shape.
+
+    Args:
+        real: ``(n, frames, mels)`` or ``(n, frames, mels, 1)`` real spectrograms in
+            [-1, 1] (e.g. min-max normalised log-mels).
+        generated: Generator output of the same layout in [-1, 1].
+        path: Target PNG file; written atomically, parent folders created.
+        title: Figure title; ``None`` for none.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: Either batch is empty or has the wrong rank (see
+            `spectrogram_grid`).
+    """
+    grids = [spectrogram_grid(real), spectrogram_grid(generated)]
+    wide = all(grid.shape[1] > grid.shape[0] for grid in grids)
+    # Enlarge small grids so that each is drawn at least ~300 pixels on its long side.
+    scale = max(1.0, 300.0 / max(max(grid.shape[:2]) for grid in grids))
+    heights = [grid.shape[0] * scale / _DPI for grid in grids]
+    widths = [grid.shape[1] * scale / _DPI for grid in grids]
+    caption = 0.4 + (0.4 if title else 0.0)
+    if wide:
+        figsize = (max(widths) + 0.4, sum(heights) + 2 * caption)
+        layout = (2, 1)
+    else:
+        figsize = (sum(widths) + 0.8, max(heights) + caption)
+        layout = (1, 2)
+    figure = Figure(figsize=figsize, dpi=_DPI, layout="constrained")
+    for index, (grid, caption_text) in enumerate(zip(grids, ("real", "generated"))):
+        axes = figure.add_subplot(*layout, index + 1)
+        axes.imshow(grid, interpolation="nearest")
+        axes.set_title(caption_text)
+        axes.set_axis_off()
+    if title:
+        figure.suptitle(title)
+    return _save_figure(figure, path)
+
+
+class SpectrogramGridCallback(keras.callbacks.Callback):
+    """Every few epochs, draw what the generator makes of a fixed batch of noise.
+
+    At the end of every ``every``-th epoch (epochs ``every - 1``, ``2 * every - 1``, ...
+    counted from 0) the callback runs ``generator(noise, training=False)``, or
+    ``generator([noise, conditions], training=False)`` for a conditional generator,
+    tiles the ``(n, frames, mels, 1)`` output in [-1, 1] with `spectrogram_grid`, and
+    writes the grid as a TensorBoard image summary named ``tag`` at step ``epoch``
+    (0-based) and/or as ``png_dir/{tag}_epoch{epoch + 1:03d}.png``. Because the noise
+    (and conditions) are fixed, the grids of successive epochs show the same latent
+    points and can be compared directly, as in the sample grids of Radford et al. 2016
+    (DCGAN) and the generated spectrograms of Chang & Scherer 2017 and Eskimez et al.
+    2020 (Fig. 2).
+
+    Only `on_epoch_end` is implemented; the callback does not use ``self.model``, so the
+    generator may be a sub-model of the GAN being trained.
+
+    Args:
+        generator: Callable (usually a `keras.Model`) taking ``noise`` (or
+            ``[noise, conditions]``) and ``training=False``; returns ``(n, frames, mels,
+            1)`` or ``(n, frames, mels)`` values in [-1, 1].
+        noise: Fixed generator input, e.g. ``(n, latent_dim)``.
+        log_dir: TensorBoard log folder for the image summaries; ``None`` to skip.
+        png_dir: Folder for the PNG files; ``None`` to skip.
+        every: Draw after every ``every``-th epoch (a positive integer).
+        tag: Summary name and PNG file name prefix.
+        conditions: Fixed conditioning input (e.g. one-hot classes) for a conditional
+            generator, or ``None``.
+
+    Attributes:
+        last_grid: The most recent grid, uint8 ``(H, W, 3)``, or ``None`` before the
+            first one.
+
+    Raises:
+        ValueError: ``every`` is not a positive integer or ``tag`` is empty.
+    """
+
+    def __init__(self, generator, noise, log_dir=None, png_dir=None, every: int = 1,
+                 tag: str = "generated", conditions=None):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        if not tag:
+            raise ValueError("tag must be a non-empty string")
+        self.generator = generator
+        self.noise = noise
+        self.conditions = conditions
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.png_dir = None if png_dir is None else os.fspath(png_dir)
+        self.every = int(every)
+        self.tag = str(tag)
+        self.last_grid = None
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Draw, log and save the grid if ``epoch + 1`` is a multiple of ``every``.
+
+        Args:
+            epoch: 0-based index of the epoch that just ended.
+            logs: Ignored.
+        """
+        if (epoch + 1) % self.every:
+            return
+        inputs = self.noise if self.conditions is None else [self.noise, self.conditions]
+        output = keras.ops.convert_to_numpy(self.generator(inputs, training=False))
+        grid = spectrogram_grid(output)
+        self.last_grid = grid
+        if self.log_dir is not None:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.log_dir)
+            with self._writer.as_default():
+                tf.summary.image(self.tag, grid[None], step=int(epoch))
+            self._writer.flush()
+        if self.png_dir is not None:
+            save_png(grid, os.path.join(self.png_dir, f"{self.tag}_epoch{epoch + 1:03d}.png"))
