@@ -94,12 +94,18 @@ class DCGANHyperModel(kt.HyperModel):
         self.unlabelled, self.minmax, self.verbose = unlabelled, minmax, verbose
 
     def build(self, hp):
+        """The compiled trainer of the sampled configuration (KerasTuner API)."""
         from keras_ser.training import protocol
 
         return protocol.build_trainer(self.model_name, sample_config(hp, self.base, self.space),
                                       self.spec, self.seed)
 
     def fit(self, hp, model, *args, **kwargs):
+        """Train one fold with the sampled configuration; return the best validation UA.
+
+        Each configuration trains in its own resumable folder (named by a hash of the
+        configuration), so an interrupted search continues where it stopped.
+        """
         from keras_ser.training import protocol
 
         config = sample_config(hp, self.base, self.space)

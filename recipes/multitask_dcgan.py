@@ -51,6 +51,7 @@ SMOKE_NOTE = ("SMOKE-TEST CORPUS: synthetic speech-like signals (source-filter m
 
 
 def parse_args(argv=None):
+    """Command-line options (see ``--help``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default=None,
@@ -99,6 +100,7 @@ def prepare_records(corpus: str, src: str, out_dir: str) -> str:
 
 
 def smoke_records(out_dir: str) -> str:
+    """Generate (or reuse) the smoke-test corpus under ``out_dir``; its record folder."""
     from tfrecords_tools import synthetic
 
     target = os.path.join(out_dir, "smoke")
@@ -108,6 +110,7 @@ def smoke_records(out_dir: str) -> str:
 
 
 def main(argv=None) -> int:
+    """Run the recipe; returns the exit status (0, or 2 for bad options)."""
     args = parse_args(argv)
     start = time.time()
     smoke = args.data is None
@@ -197,10 +200,17 @@ def main(argv=None) -> int:
     wall = time.time() - start
     summary = reporting.summarise(results)
     best = reporting.best_model(summary)
-    targets = ("emotion categories; valence/activation heads trained and scored on levels "
-               "derived from the category (keras_ser.dimensions: "
-               f"{protocol.dimensions.REFERENCE})" if primary == "emotion" and
-               spec.derive_dimensions else f"{primary} mean ratings as fuzzy labels")
+    n_rated = min(corpus_audio.rated.values())
+    if primary != "emotion":
+        targets = f"{primary} mean ratings as fuzzy labels"
+    elif n_rated == len(corpus_audio.ids):
+        targets = ("emotion categories; valence/activation heads use the corpus's mean "
+                   "ratings as fuzzy labels")
+    else:
+        targets = ("emotion categories; valence/activation heads use levels derived from "
+                   f"the category for {len(corpus_audio.ids) - n_rated} of "
+                   f"{len(corpus_audio.ids)} utterances (keras_ser.dimensions: "
+                   f"{protocol.dimensions.REFERENCE})")
     header = "\n".join([
         f"# Multitask DCGAN (Chang & Scherer 2017) on {corpus}", "",
         *([f"**{SMOKE_NOTE}**", ""] if smoke else []),

@@ -91,6 +91,7 @@ class DCGANConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-serialisable dict (saved with every run)."""
         return dataclasses.asdict(self)
 
 

@@ -3,14 +3,17 @@
 `MultitaskGANTrainer` owns one `train_step` for all four models of the paper; which
 updates run follows from the discriminator's outputs and whether a generator is given:
 
-1. discriminator (DCGAN models): binary cross-entropy with real = 1 on a batch of real
+1. generator (DCGAN models): binary cross-entropy of D(G(z)) against 1, i.e. the
+   generator is scored on generated samples classified as real; z ~ N(0, I) of size N_z;
+2. discriminator (DCGAN models): binary cross-entropy with real = 1 on a batch of real
    crops (unlabelled speech, or the labelled batch without its labels) and generated = 0
-   on G(z), z ~ N(0, I) of size N_z;
-2. generator (DCGAN models): binary cross-entropy of D(G(z)) against 1, i.e. the
-   generator is scored on generated samples classified as real;
+   on fresh samples G(z);
 3. one update per task head in order (primary first, then valence, activation):
    cross-entropy between the head's softmax and the target distribution -- one-hot for a
    categorical label, the fuzzy label for a mean rating (4.5 -> [0, 0, 0, .5, .5]).
+
+The order -- generator, discriminator, then the task heads -- follows the paper's
+description of its training loop.
 
 Each update has its own Adam optimiser (learning rate from the config, beta_1 = 0.5,
 Radford et al. 2016) and moves only the variables on its path: the conv stack is shared
@@ -94,11 +97,12 @@ class MultitaskGANTrainer(keras.Model):
                 heads[layer.name[len("head_"):]] += weights
             else:
                 shared += weights
-        paths = {"d": shared + real}
+        paths = {}
+        if self.generator is not None:
+            paths["d"] = shared + real
+            paths["g"] = list(self.generator.trainable_weights)
         for task in self.tasks:
             paths[task] = shared + fc + heads[task]
-        if self.generator is not None:
-            paths["g"] = list(self.generator.trainable_weights)
         return paths
 
     @property
@@ -147,6 +151,19 @@ class MultitaskGANTrainer(keras.Model):
         return loss, ops.sum(hit * valid) / count
 
     def train_step(self, data):
+        """Generator, discriminator, then one update per task head, in turn.
+
+        Args:
+            data: Dict batch (see the module docstring): ``features`` ``(batch, W, M)``,
+                one target per head, optional ``unlabelled`` ``(batch_u, W, M)``.
+
+        Returns:
+            Running means of ``d_loss``, ``g_loss``, ``d_real``/``d_fake`` (mean
+            D(x), D(G(z))), and ``<task>_loss``/``<task>_acc`` per head.
+
+        Raises:
+            KeyError: A head's target is missing from the batch.
+        """
         import tensorflow as tf
 
         x = data["features"]
@@ -154,6 +171,14 @@ class MultitaskGANTrainer(keras.Model):
         if self.generator is not None:
             real = data.get("unlabelled", x)
             batch = ops.shape(real)[0]
+            with tf.GradientTape() as tape:
+                dcgan.freeze_moving_statistics(self.discriminator, True)
+                d_gen = self.discriminator(self.generator(self._noise(batch), training=True),
+                                           training=True)["real"]
+                dcgan.freeze_moving_statistics(self.discriminator, False)
+                g_loss = ops.mean(keras.losses.binary_crossentropy(
+                    ops.ones_like(d_gen), d_gen, from_logits=True))
+            self._apply("g", tape, g_loss)
             with tf.GradientTape() as tape:
                 fake = self.generator(self._noise(batch), training=True)
                 d_real = self.discriminator(real, training=True)["real"]
@@ -165,14 +190,6 @@ class MultitaskGANTrainer(keras.Model):
                     ops.mean(keras.losses.binary_crossentropy(
                         ops.zeros_like(d_fake), d_fake, from_logits=True)))
             self._apply("d", tape, d_loss)
-            with tf.GradientTape() as tape:
-                fake = self.generator(self._noise(batch), training=True)
-                dcgan.freeze_moving_statistics(self.discriminator, True)
-                d_gen = self.discriminator(fake, training=True)["real"]
-                dcgan.freeze_moving_statistics(self.discriminator, False)
-                g_loss = ops.mean(keras.losses.binary_crossentropy(
-                    ops.ones_like(d_gen), d_gen, from_logits=True))
-            self._apply("g", tape, g_loss)
             logs.update(d_loss=d_loss, g_loss=g_loss,
                         d_real=ops.mean(ops.sigmoid(d_real)),
                         d_fake=ops.mean(ops.sigmoid(d_fake)))
@@ -187,6 +204,7 @@ class MultitaskGANTrainer(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
+        """Task losses and argmax accuracies of a batch of labelled crops (no GAN terms)."""
         outputs = self.discriminator(data["features"], training=False)
         for task in self.tasks:
             loss, acc = self._task_loss(task, outputs[task], data[task])

@@ -76,6 +76,7 @@ class TaskSpec:
         return dimensions.dimension_levels(self.emotions, dimension)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-serialisable dict (saved with every run)."""
         return dataclasses.asdict(self)
 
 
@@ -111,6 +112,8 @@ class CorpusAudio:
         speakers, emotions, ids: Per-utterance strings.
         ratings: ``{"valence": (n,), "activation": (n,)}`` float32 mean ratings, NaN
             where the corpus has none and no derivation applies.
+        rated: ``{"valence": count, "activation": count}`` utterances with the corpus's
+            own ratings (the rest, if any, are derived from the category).
 
     Raises:
         FileNotFoundError: No shards in ``records``.
@@ -132,8 +135,10 @@ class CorpusAudio:
             for d in dcgan.DIMENSIONS:
                 raw[d].append(float(ex[d].numpy()))
         self.ratings = {}
+        self.rated = {}
         for d in dcgan.DIMENSIONS:
             values = np.array(raw[d], np.float32)
+            self.rated[d] = int(np.isfinite(values).sum())
             table = spec.dimension_table(d)
             if table is not None:
                 derived = table[[spec.emotions.index(e) for e in self.emotions]]
@@ -393,7 +398,7 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
         train = training_dataset(records, spec, config, fold.train, minmax, tasks,
                                  seed=seed, unlabelled=unlabelled)
         trainer.fit(train, epochs=max_epochs, initial_epoch=initial_epoch,
-                    callbacks=callbacks, verbose=verbose)
+                    callbacks=callbacks, verbose=verbose, shuffle=False)
     stopper.restore_best(trainer)
     test_probs = scorer([corpus.waveforms[i] for i in test_index])
     result = {
