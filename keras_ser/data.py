@@ -158,7 +158,8 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
                  speakers: Optional[Iterable[str]] = None,
                  features: Union[str, feats.FeatureConfig] = "eskimez",
                  crop_frames: Optional[int] = None, crop: str = "word", crop_edge: str = "pad",
-                 vtlp=None, oversample=None, normalise: Optional[str] = None,
+                 vtlp=None, oversample=None, labels: Optional[dict] = None,
+                 normalise: Optional[str] = None,
                  stats: Optional[dict] = None, batch_size: int = 32, shuffle: bool = False,
                  shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = False,
                  cache: bool = False, drop_remainder: bool = False,
@@ -186,6 +187,11 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
             factor, e.g. for test-time voting over `augment.VTLP_TTA_ALPHAS`).
         oversample: ``None``, ``"balance"`` or ``{class: factor}`` (needs ``classes``);
             factors from the split's counts (`augment.class_counts_factors`).
+        labels: ``{utterance_id: class index}`` replacing the emotion as the label, e.g.
+            the 5-point level of a mean rating (Chang & Scherer 2017 oversample the
+            primary labels, valence levels on IEMOCAP); ``classes`` then names the
+            indices and records missing from the mapping are left out (an id that is
+            not in the records raises).
         normalise: ``None``, ``"minmax"`` (to [-1, 1], Eskimez et al. 2020), ``"zscore"``
             or ``"zscore_band"`` (Etienne et al. 2018, eq. 2).
         stats: Feature statistics (`keras_ser.features.load_feature_stats`); when
@@ -218,6 +224,8 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
         raise ValueError(f"crop_edge must be 'pad' or 'shift', got {crop_edge!r}")
     if oversample is not None and classes is None:
         raise ValueError("oversample needs classes")
+    if labels is not None and classes is None:
+        raise ValueError("labels needs classes (the names of its class indices)")
     spec = feature_spec()
     bad_keep = [k for k in keep if k not in spec or isinstance(spec[k], tf.io.VarLenFeature)
                 or k == "pcm"]
@@ -235,10 +243,20 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
     metadata = record_metadata(files)
     speaker_set = None if speakers is None else set(speakers)
     class_index = {c: i for i, c in enumerate(classes or ())}
-    labels = np.array([class_index.get(r["emotion"], -1) for r in metadata], np.int32)
+    if labels is not None:
+        bad = sorted({int(v) for v in labels.values()} - set(range(len(class_index))))
+        if bad:
+            raise ValueError(f"labels holds class indices {bad} outside 0..{len(classes) - 1}")
+        unknown = sorted(set(labels) - {r["utterance_id"] for r in metadata})
+        if unknown:
+            raise ValueError(f"labels names {len(unknown)} utterance(s) not in the records, "
+                             f"e.g. {unknown[:3]}")
+        labels = np.array([labels.get(r["utterance_id"], -1) for r in metadata], np.int32)
+    else:
+        labels = np.array([class_index.get(r["emotion"], -1) for r in metadata], np.int32)
     selected = np.array([(speaker_set is None or r["speaker"] in speaker_set)
-                         and (classes is None or r["emotion"] in class_index)
-                         for r in metadata], bool)
+                         and (classes is None or label >= 0)
+                         for r, label in zip(metadata, labels)], bool)
     index = tf.data.Dataset.from_tensor_slices({
         "expected_id": tf.constant([r["utterance_id"] for r in metadata], tf.string),
         "label": labels, "chosen": selected})

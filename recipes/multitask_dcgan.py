@@ -122,11 +122,13 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
 
     # 1. Data.
-    records = smoke_records(out) if smoke else prepare_records(corpus, args.data, out)
-    unlabelled = [d if os.path.isfile(os.path.join(d, "plan.json")) else
-                  prepare_records("speech", d, os.path.join(out, "unlabelled",
-                                                            os.path.basename(d.rstrip("/"))))
-                  for d in args.unlabelled]
+    try:
+        records = smoke_records(out) if smoke else prepare_records(corpus, args.data, out)
+        unlabelled = [prepare_records("speech", d, os.path.join(
+            out, "unlabelled", os.path.basename(os.path.normpath(d)))) for d in args.unlabelled]
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     with open(os.path.join(records, "stats.json"), encoding="utf-8") as f:
         stats = json.load(f)
     primary = args.primary or ("valence" if corpus == "iemocap" else "emotion")

@@ -134,3 +134,21 @@ def test_bad_options_are_refused(emodb_records, tmp_path):
         data.make_dataset(out, normalise="l2", stats={"min": 0.0, "max": 1.0})
     with pytest.raises(FileNotFoundError, match="no \\*.tfrecord"):
         data.make_dataset(str(tmp_path))
+
+
+def test_a_labels_mapping_replaces_the_emotion_and_drops_unlisted_records(emodb_records):
+    records, _ = emodb_records
+    chosen = {"03a01Fa": 4, "03a01Nc": 0, "08a01Lc": 2}
+    ds = data.make_dataset(records, classes=["1", "2", "3", "4", "5"], labels=chosen,
+                           features="chang", crop_frames=16, batch_size=8,
+                           keep=("utterance_id",))
+    batch = next(iter(ds))
+    got = dict(zip([u.decode() for u in batch["utterance_id"].numpy()],
+                   batch["label"].numpy().tolist()))
+    assert got == chosen
+    with pytest.raises(ValueError, match="outside 0..4"):
+        data.make_dataset(records, classes=["1", "2", "3", "4", "5"], labels={"03a01Fa": 5})
+    with pytest.raises(ValueError, match=r"1 utterance\(s\) not in the records.*08a01Lb"):
+        data.make_dataset(records, classes=["1", "2"], labels={"08a01Lb": 1})
+    with pytest.raises(ValueError, match="labels needs classes"):
+        data.make_dataset(records, labels={"03a01Fa": 1})

@@ -175,3 +175,37 @@ def test_valence_primary_with_unlabelled_librispeech(smoke_records, shared_data,
     assert batch["valence"].shape == (config.batch_size, 5)
     np.testing.assert_allclose(batch["valence"].numpy().sum(1), 1.0, atol=1e-5)
     assert "emotion" not in batch
+
+
+def test_rating_levels_are_oversampled_when_a_dimension_is_primary(smoke_records):
+    from keras_ser.training import protocol
+
+    spec = protocol.TaskSpec(primary="valence")
+    corpus = protocol.CorpusAudio(smoke_records, spec)
+    levels = corpus.level_labels("valence")
+    speakers = ["f01", "m02", "f03"]
+    raw = np.bincount([levels[i] for i, s in zip(corpus.ids, corpus.speakers)
+                       if s in speakers and i in levels], minlength=5)
+    config = protocol.dcgan.get_dcgan_preset("cpu").replace(batch_size=1)
+    ds = protocol.training_dataset(smoke_records, spec, config, speakers, (-100.0, 40.0),
+                                   ["valence"], levels=levels)
+    seen = np.zeros(5, int)
+    for batch in ds:
+        dist = batch["valence"].numpy()[0]
+        seen[int(np.argmax(dist))] += 1  # ties go to the lower level, as level_labels
+    present = raw > 0
+    assert seen[present].min() > raw[present].min()
+    assert (seen[present].max() / seen[present].min()) < (raw[present].max() / raw[present].min())
+    assert set(np.flatnonzero(seen)) == set(np.flatnonzero(raw))
+
+
+def test_bad_data_gets_a_clear_error_and_exit_status_2(tmp_path, capsys):
+    recipe = _recipe()
+    assert recipe.main(["--corpus", "emodb", "--data", str(tmp_path / "nowhere"),
+                        "--out", str(tmp_path / "o")]) == 2
+    assert "missing EmoDB wav/ folder" in capsys.readouterr().err
+    assert recipe.main(["--corpus", "emodbx", "--data", str(tmp_path),
+                        "--out", str(tmp_path / "o")]) == 2
+    assert "unknown corpus 'emodbx'" in capsys.readouterr().err
+    assert recipe.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--data needs --corpus" in capsys.readouterr().err

@@ -150,6 +150,16 @@ class CorpusAudio:
         wanted = set(speakers)
         return np.array([i for i, s in enumerate(self.speakers) if s in wanted], np.int64)
 
+    def level_labels(self, dimension: str) -> dict:
+        """``{utterance_id: level index 0..4}`` of the rated utterances (ties: lower level).
+
+        These are the primary labels oversampled when a rating dimension is primary.
+        """
+        ratings = self.ratings[dimension]
+        rated = np.flatnonzero(np.isfinite(ratings))
+        levels = metrics.fuzzy_labels(np.clip(ratings[rated], 1, 5)).argmax(axis=1)
+        return {self.ids[i]: int(level) for i, level in zip(rated, levels)}
+
     def primary_labels(self, index: np.ndarray) -> np.ndarray:
         """Class indices of the emotion head (primary ``"emotion"`` only)."""
         return np.array([self.spec.emotions.index(self.emotions[i]) for i in index], np.int64)
@@ -169,11 +179,14 @@ def fold_minmax(records: str, speakers, spec: TaskSpec) -> tuple:
 
 def training_dataset(records, spec: TaskSpec, config: dcgan.DCGANConfig, speakers,
                      minmax: tuple, tasks: Sequence[str], seed: int = 0,
-                     unlabelled: Optional[Sequence[str]] = None) -> tf.data.Dataset:
+                     unlabelled: Optional[Sequence[str]] = None,
+                     levels: Optional[dict] = None) -> tf.data.Dataset:
     """Batches for `MultitaskGANTrainer.train_step` from a fold's training speakers.
 
-    Random word-centred crops of ``config.crop_frames`` frames, classes oversampled to
-    balance (emotion primary), min-max normalised with ``minmax``; one target per task.
+    Random word-centred crops of ``config.crop_frames`` frames, primary labels oversampled
+    to balance (the emotion classes, or with ``levels`` -- `CorpusAudio.level_labels` --
+    the 5-point levels of a rating dimension), min-max normalised with ``minmax``; one
+    target per task.
     With ``unlabelled`` record folders, an endless stream of random crops from them is
     zipped in as ``"unlabelled"`` (they feed only the GAN path).
 
@@ -185,10 +198,11 @@ def training_dataset(records, spec: TaskSpec, config: dcgan.DCGANConfig, speaker
         Chang & Scherer, ICASSP 2017, Sec. 3.2 (word-centred crops, oversampling).
     """
     stats = {"min": minmax[0], "max": minmax[1]}
+    balance = spec.primary == "emotion" or levels is not None
     ds = kdata.make_dataset(
-        records, classes=spec.emotions, speakers=speakers, features=spec.features,
-        crop_frames=config.crop_frames, crop="word",
-        oversample="balance" if spec.primary == "emotion" else None,
+        records, classes=spec.emotions if levels is None else LEVEL_NAMES, labels=levels,
+        speakers=speakers, features=spec.features,
+        crop_frames=config.crop_frames, crop="word", oversample="balance" if balance else None,
         normalise="minmax", stats=stats, batch_size=config.batch_size, shuffle=True,
         seed=seed, cache=True, drop_remainder=True, keep=dcgan.DIMENSIONS)
     tables = {d: spec.dimension_table(d) for d in dcgan.DIMENSIONS}
@@ -395,8 +409,9 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
             trainer.generator, noise.astype(np.float32), log_dir=os.path.join(out_dir, "logs"),
             png_dir=os.path.join(out_dir, "grids"), every=grid_every))
     if not stopper.finished and initial_epoch < max_epochs:
+        levels = None if spec.primary == "emotion" else corpus.level_labels(spec.primary)
         train = training_dataset(records, spec, config, fold.train, minmax, tasks,
-                                 seed=seed, unlabelled=unlabelled)
+                                 seed=seed, unlabelled=unlabelled, levels=levels)
         trainer.fit(train, epochs=max_epochs, initial_epoch=initial_epoch,
                     callbacks=callbacks, verbose=verbose, shuffle=False)
     stopper.restore_best(trainer)
