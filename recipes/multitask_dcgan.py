@@ -43,6 +43,7 @@ import numpy as np
 from keras_ser import export, folds as kfolds, plots, reporting, tuning
 from keras_ser.models import dcgan
 from keras_ser.training import protocol
+from keras_ser.training.callbacks import atomic_json
 from tfrecords_tools import reader as treader, writer as twriter
 
 SMOKE_NOTE = ("SMOKE-TEST CORPUS: synthetic speech-like signals (source-filter model with "
@@ -157,8 +158,7 @@ def main(argv=None) -> int:
                   "preset": args.preset, "base_config": base.to_dict(),
                   "max_epochs": max_epochs, "patience": args.patience, "seed": args.seed,
                   "smoke_test_corpus": smoke}
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config_doc, f, indent=1)
+    atomic_json(os.path.join(out, "config.json"), config_doc)
     print(f"{corpus}: {stats['records']} records, {len(fold_list)} folds ({scheme}), "
           f"primary task {primary} ({len(spec.class_names)} classes), models {models}")
     corpus_audio = protocol.CorpusAudio(records, spec)
@@ -248,7 +248,8 @@ def main(argv=None) -> int:
             extra={"model": best, "fold": best_fold["fold"], "corpus": corpus})
         print(f"exported {dcgan.MODEL_TITLES[best]} ({best_fold['fold']}) -> "
               f"{os.path.join(out, 'export')}")
-    print(open(os.path.join(out, "results.md"), encoding="utf-8").read())
+    with open(os.path.join(out, "results.md"), encoding="utf-8") as f:
+        print(f.read())
     print(f"wall time {wall / 60:.1f} min; results in {out}")
     return 0
 

@@ -19,10 +19,14 @@ import keras
 import numpy as np
 
 
-def _atomic_json(path: str, document) -> None:
+def atomic_json(path: str, document) -> None:
+    """Write ``document`` as JSON to ``path`` through a temporary file and a rename.
+
+    NumPy scalars are written as floats; a reader never sees a half-written file.
+    """
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=1)
+        json.dump(document, f, indent=1, default=float)
     os.replace(tmp, path)
 
 
@@ -141,7 +145,7 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
             tmp = self._path("optimizers.tmp.npz")
             np.savez(tmp, **_optimizer_arrays(self.optimizers))
             os.replace(tmp, self._path("optimizers.npz"))
-        _atomic_json(self._path("state.json"), self.state)
+        atomic_json(self._path("state.json"), self.state)
 
     def restore_best(self, model: keras.Model) -> None:
         """Load the best weights into ``model``.

@@ -29,9 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ser import data as kdata
-from keras_ser import dimensions, export, features as feats, metrics
+from keras_ser import dimensions, export, metrics
 from keras_ser.models import dcgan
-from keras_ser.training.callbacks import LambdaLogs, ResumableEarlyStopping
+from keras_ser.training.callbacks import LambdaLogs, ResumableEarlyStopping, atomic_json
 from keras_ser.training.multitask_gan import MultitaskGANTrainer
 
 LEVEL_NAMES = ("1", "2", "3", "4", "5")
@@ -313,13 +313,6 @@ def score(probs: dict, corpus: CorpusAudio, index: np.ndarray, spec: TaskSpec) -
     return out
 
 
-def _atomic_json(path: str, document) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=1, default=float)
-    os.replace(tmp, path)
-
-
 def build_trainer(model: str, config: dcgan.DCGANConfig, spec: TaskSpec,
                   seed: int = 0) -> MultitaskGANTrainer:
     """Discriminator (+ generator) of one of the four models, wrapped and compiled.
@@ -428,15 +421,10 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
              **{task: p for task, p in test_probs.items()})
     dcgan.classifier(trainer.discriminator, spec.primary).save(
         os.path.join(out_dir, "classifier.keras"))
-    _atomic_json(result_path, result)
+    atomic_json(result_path, result)
     return result
 
 
 def load_classifier(out_dir: str) -> keras.Model:
     """The primary-head classifier saved by `train_fold` in ``out_dir``."""
     return keras.models.load_model(os.path.join(out_dir, "classifier.keras"))
-
-
-def feature_config(spec: TaskSpec) -> feats.FeatureConfig:
-    """The `FeatureConfig` of the spec's preset."""
-    return feats.get_preset(spec.features)
