@@ -328,7 +328,10 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
                    mask=tf.sequence_mask(frames, tf.shape(x)[1]))
         return out
 
-    ds = ds.map(featurise, num_parallel_calls=AUTOTUNE, deterministic=True)
+    # Every branch of featurise is decided in Python, so AutoGraph has nothing to convert;
+    # skipping its source transformation saves seconds per pipeline.
+    ds = ds.map(tf.autograph.experimental.do_not_convert(featurise),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
     if not repeat:
         batches = examples // batch_size if drop_remainder else -(-examples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))

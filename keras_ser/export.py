@@ -53,6 +53,7 @@ __all__ = [
     "MinMaxNormalise",
     "SlidingWindows",
     "build_serving_model",
+    "build_window_model",
     "export_classifier",
     "load_exported",
     "predict_files",
@@ -353,6 +354,44 @@ def silence_level(config, minimum, maximum) -> float:
     return float(2.0 * (floor_db - minimum) / (maximum - minimum) - 1.0)
 
 
+def _window_front_end(features, minimum, maximum, crop_frames, hop_frames, sample_rate,
+                      pad_value):
+    config, overrides = _feature_config(features, sample_rate)
+    if hop_frames is None:
+        hop_frames = max(1, int(crop_frames) // 2)
+    if pad_value is None:
+        pad_value = silence_level(config, minimum, maximum)
+    waveform = keras.Input(shape=(None,), dtype="float32", name=INPUT_KEY)
+    checked = CheckWaveform(config.window_samples, config.sample_rate,
+                            name="check_waveform")(waveform)
+    feats = features_mod.AudioFeatures(features, name="features", **overrides)(checked)
+    feats = MinMaxNormalise(minimum, maximum, name="minmax")(feats)
+    windows = SlidingWindows(crop_frames, hop_frames, min_frames=1, pad_value=pad_value,
+                             name="sliding_windows")(feats)
+    return waveform, windows
+
+
+def build_window_model(*, features: str = "chang", minimum, maximum, crop_frames: int,
+                       hop_frames: int | None = None, sample_rate: int = 16000,
+                       pad_value: float | None = None) -> keras.Model:
+    """The front end of `build_serving_model` alone: waveforms -> normalised crops.
+
+    Lets an evaluation cut every utterance into crops once and then score them with the
+    classifier in large batches after every epoch, with the very crops the served model
+    uses. Arguments as `build_serving_model`.
+
+    Returns:
+        Model: ``"waveform"`` ``(batch, samples)`` float32 -> ``(batch, windows,
+        crop_frames, mels)`` float32.
+
+    Raises:
+        KeyError, ValueError: As `build_serving_model`.
+    """
+    waveform, windows = _window_front_end(features, minimum, maximum, crop_frames,
+                                          hop_frames, sample_rate, pad_value)
+    return keras.Model(waveform, windows, name="windows")
+
+
 def build_serving_model(classifier: keras.Model, *, features: str = "chang", minimum,
                         maximum, crop_frames: int, hop_frames: int | None = None,
                         class_names: Sequence[str], sample_rate: int = 16000,
@@ -394,18 +433,8 @@ def build_serving_model(classifier: keras.Model, *, features: str = "chang", min
         ValueError: An image preset; ``maximum <= minimum``; bad window sizes; the
             classifier's output width differs from ``len(class_names)``.
     """
-    config, overrides = _feature_config(features, sample_rate)
-    if hop_frames is None:
-        hop_frames = max(1, int(crop_frames) // 2)
-    if pad_value is None:
-        pad_value = silence_level(config, minimum, maximum)
-    waveform = keras.Input(shape=(None,), dtype="float32", name=INPUT_KEY)
-    checked = CheckWaveform(config.window_samples, config.sample_rate,
-                            name="check_waveform")(waveform)
-    feats = features_mod.AudioFeatures(features, name="features", **overrides)(checked)
-    feats = MinMaxNormalise(minimum, maximum, name="minmax")(feats)
-    windows = SlidingWindows(crop_frames, hop_frames, min_frames=1, pad_value=pad_value,
-                             name="sliding_windows")(feats)
+    waveform, windows = _window_front_end(features, minimum, maximum, crop_frames,
+                                          hop_frames, sample_rate, pad_value)
     flat = FoldWindows(name="fold_windows")(windows)
     window_probs = classifier(flat)
     if window_probs.shape[-1] != len(class_names):

@@ -71,7 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--models", default=",".join(dcgan.MODELS),
                    help=f"comma-separated subset of {','.join(dcgan.MODELS)}")
     p.add_argument("--folds", type=int, default=None, help="run only the first N folds")
-    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help=f"epoch budget (default {MAX_EPOCHS} by preset; "
+                        f"{SMOKE_MAX_EPOCHS} on the smoke-test corpus)")
     p.add_argument("--patience", type=int, default=5,
                    help="epochs without a new best validation UA before stopping (paper: 5)")
     p.add_argument("--search", action="store_true", help="random search per model first")
@@ -86,6 +88,9 @@ def parse_args(argv=None):
 
 #: Epoch budgets per preset (early stopping usually ends sooner).
 MAX_EPOCHS = {"cpu": 40, "paper": 200}
+#: Epoch budget of the smoke-test corpus: it only has to show the pipeline runs, in
+#: minutes.
+SMOKE_MAX_EPOCHS = 12
 
 
 def prepare_records(corpus: str, src: str, out_dir: str) -> str:
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
             print(f"error: unknown model '{m}'; expected {dcgan.MODELS}", file=sys.stderr)
             return 2
     base = dcgan.get_dcgan_preset(args.preset).replace(n_mels=128)
-    max_epochs = args.max_epochs or MAX_EPOCHS[args.preset]
+    max_epochs = args.max_epochs or (SMOKE_MAX_EPOCHS if smoke else MAX_EPOCHS[args.preset])
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     config_doc = {"argv": sys.argv[1:] if argv is None else list(argv), "corpus": corpus,
                   "records": records, "unlabelled": unlabelled, "spec": spec.to_dict(),

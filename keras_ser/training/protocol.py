@@ -221,7 +221,8 @@ def training_dataset(records, spec: TaskSpec, config: dcgan.DCGANConfig, speaker
             out[d] = fuzzy_labels_tf(rating)
         return out
 
-    ds = ds.map(targets, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(tf.autograph.experimental.do_not_convert(targets),
+                num_parallel_calls=tf.data.AUTOTUNE)
     if unlabelled:
         files = [f for folder in unlabelled for f in kdata.record_files(folder)]
         extra = kdata.make_dataset(files, features=spec.features,
@@ -237,6 +238,11 @@ def training_dataset(records, spec: TaskSpec, config: dcgan.DCGANConfig, speaker
 class UtteranceScorer:
     """Utterance-level probabilities of every head, as the exported model computes them.
 
+    `prepare` cuts utterances into the served model's crops once (`keras_ser.export.
+    build_window_model`: log-mel, min-max, a crop every half crop); `__call__` then runs
+    the heads on all crops in large batches and averages them per utterance -- the
+    computation of the exported signature, without re-computing features every epoch.
+
     Args:
         discriminator: Trained discriminator (its task heads are read).
         tasks: Heads to score, in order.
@@ -249,22 +255,33 @@ class UtteranceScorer:
                  minmax: tuple):
         self.tasks = list(tasks)
         self.sizes = [int(discriminator.output[t].shape[-1]) for t in self.tasks]
-        model = export.build_serving_model(
-            dcgan.all_heads_classifier(discriminator, self.tasks), features=spec.features,
-            minimum=minmax[0], maximum=minmax[1], crop_frames=config.crop_frames,
-            class_names=[f"{t}:{i}" for t, n in zip(self.tasks, self.sizes)
-                         for i in range(n)])
-        self._fn = tf.function(lambda w: model(w, training=False)[export.OUTPUT_KEY],
-                               input_signature=[tf.TensorSpec([1, None], tf.float32)])
+        self.classifier = dcgan.all_heads_classifier(discriminator, self.tasks)
+        windows = export.build_window_model(features=spec.features, minimum=minmax[0],
+                                            maximum=minmax[1], crop_frames=config.crop_frames)
+        self._windows = tf.function(lambda w: windows(w, training=False),
+                                    input_signature=[tf.TensorSpec([1, None], tf.float32)])
 
-    def __call__(self, waveforms: Sequence[np.ndarray]) -> dict:
-        """``{task: (n, classes)}`` probabilities of int16 waveforms."""
-        rows = [self._fn(tf.constant(w[None].astype(np.float32) / 32768.0)).numpy()[0]
-                for w in waveforms]
-        joined = np.stack(rows) if rows else np.zeros((0, sum(self.sizes)), np.float32)
+    def prepare(self, waveforms: Sequence[np.ndarray]) -> tuple:
+        """Crops of int16 ``(samples,)`` waveforms: ``(crops (n, W, M), owner (n,))``."""
+        crops, owner = [], []
+        for i, w in enumerate(waveforms):
+            cut = self._windows(tf.constant(w[None].astype(np.float32) / 32768.0)).numpy()[0]
+            crops.append(cut)
+            owner.append(np.full(len(cut), i))
+        return np.concatenate(crops), np.concatenate(owner)
+
+    def __call__(self, prepared) -> dict:
+        """``{task: (utterances, classes)}`` probabilities; takes `prepare`'s output or a
+        list of int16 waveforms."""
+        crops, owner = prepared if isinstance(prepared, tuple) else self.prepare(prepared)
+        per_crop = self.classifier.predict(crops, batch_size=256, verbose=0)
+        count = int(owner.max()) + 1
+        joined = np.zeros((count, per_crop.shape[1]), np.float64)
+        np.add.at(joined, owner, per_crop)
+        joined /= np.bincount(owner, minlength=count)[:, None]
         out, start = {}, 0
         for task, size in zip(self.tasks, self.sizes):
-            out[task] = joined[:, start:start + size]
+            out[task] = joined[:, start:start + size].astype(np.float32)
             start += size
         return out
 
@@ -385,10 +402,10 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
     trainer = build_trainer(model, config, spec, seed)
     tasks = trainer.tasks
     scorer = UtteranceScorer(trainer.discriminator, tasks, spec, config, minmax)
-    val_waves = [corpus.waveforms[i] for i in val_index]
+    val_crops = scorer.prepare([corpus.waveforms[i] for i in val_index])
 
     def validation_logs(epoch):
-        s = score(scorer(val_waves), corpus, val_index, spec)
+        s = score(scorer(val_crops), corpus, val_index, spec)
         return {f"val_{k}": v for k, v in s.items() if np.ndim(v) == 0}
 
     stopper = ResumableEarlyStopping(os.path.join(out_dir, "ckpt"), "val_primary_ua",
@@ -413,7 +430,7 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
         "model": model, "fold": fold.name, "config": config.to_dict(), "spec": spec.to_dict(),
         "minmax": list(minmax), "epochs": int(stopper.state["epoch"]) + 1,
         "best_epoch": int(stopper.state["best_epoch"]) + 1,
-        "validation": score(scorer(val_waves), corpus, val_index, spec),
+        "validation": score(scorer(val_crops), corpus, val_index, spec),
         "test": score(test_probs, corpus, test_index, spec),
         "test_speakers": sorted(fold.test), "validation_speakers": sorted(fold.validation)}
     np.savez(os.path.join(out_dir, "predictions.npz"),
