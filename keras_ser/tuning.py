@@ -114,7 +114,7 @@ class DCGANHyperModel(kt.HyperModel):
             self.model_name, config, self.fold, self.records, self.corpus, self.spec,
             os.path.join(self.trial_dir, key[:12]), max_epochs=self.max_epochs,
             patience=self.patience, seed=self.seed, unlabelled=self.unlabelled,
-            verbose=self.verbose, minmax=self.minmax)
+            verbose=self.verbose, minmax=self.minmax, trainer=model)
         return {OBJECTIVE: result["validation"]["primary_ua"]}
 
 

@@ -351,7 +351,8 @@ def build_trainer(model: str, config: dcgan.DCGANConfig, spec: TaskSpec,
 def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
                corpus: CorpusAudio, spec: TaskSpec, out_dir: str, *, max_epochs: int = 50,
                patience: int = 5, seed: int = 0, unlabelled: Optional[Sequence[str]] = None,
-               verbose="auto", grid_every: int = 1, minmax: Optional[tuple] = None) -> dict:
+               verbose="auto", grid_every: int = 1, minmax: Optional[tuple] = None,
+               trainer: Optional[MultitaskGANTrainer] = None) -> dict:
     """Train one model on one fold with early stopping, restore the best epoch, test.
 
     Resumable: ``out_dir/ckpt`` holds the per-epoch checkpoint; a finished fold's
@@ -374,6 +375,8 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
         verbose: Keras ``fit`` verbosity.
         grid_every: Epochs between generated spectrogram grids.
         minmax: Normalisation extremes; computed from the training speakers when None.
+        trainer: The compiled `build_trainer` output for ``model`` and ``config``, if
+            the caller already built it (KerasTuner does); else built here.
 
     Returns:
         Dict: model, fold, config, epochs run, best epoch, ``validation`` and ``test``
@@ -399,7 +402,8 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str,
                              f"{sorted(fold.part(name))}")
     if minmax is None:
         minmax = fold_minmax(records, fold.train, spec)
-    trainer = build_trainer(model, config, spec, seed)
+    if trainer is None:
+        trainer = build_trainer(model, config, spec, seed)
     tasks = trainer.tasks
     scorer = UtteranceScorer(trainer.discriminator, tasks, spec, config, minmax)
     val_crops = scorer.prepare([corpus.waveforms[i] for i in val_index])
