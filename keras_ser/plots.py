@@ -296,6 +296,80 @@ def real_vs_generated_png(real, generated, path, title: str | None = None) -> st
     return _save_figure(figure, path)
 
 
+def conditional_grid_png(images, class_names, path, title: str | None = None) -> str:
+    """Draw the same noise vectors under every emotion condition and write it as PNG.
+
+    Row ``i`` holds what a conditional generator makes of noise vector ``i``, column
+    ``j`` the condition ``class_names[j]``, so reading along a row shows what the
+    emotion condition changes for a fixed latent point (Eskimez et al. 2020,
+    "GAN-based data generation for speech emotion recognition", Interspeech, Fig. 3).
+    Tiles are drawn as in `spectrogram_grid` (time left to right, mel bin 0 at the
+    bottom, 'magma', values clipped to [-1, 1]); columns are captioned with the class
+    names above the grid and rows numbered ``z1``, ``z2``, ... on the left. Every tile
+    is enlarged to at least ~96 pixels on its long side, so the picture grows with the
+    number of classes (columns) and of noise vectors (rows).
+
+    Args:
+        images: ``(n_noise, n_classes, frames, mels)`` or ``(n_noise, n_classes,
+            frames, mels, 1)`` array-like with values in [-1, 1]; ``images[i, j]`` is
+            noise vector ``i`` under condition ``j``.
+        class_names: ``n_classes`` names, the column captions in index order.
+        path: Target PNG file; written atomically, parent folders created.
+        title: Figure title; ``None`` for none.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: ``images`` is not of rank 4, or rank 5 with one channel; an axis
+            is empty; the number of ``class_names`` differs from ``n_classes``.
+        TypeError: ``class_names`` is a single string.
+    """
+    array = np.asarray(images)
+    if array.ndim == 5:
+        if array.shape[-1] != 1:
+            raise ValueError(f"images must be (n_noise, n_classes, frames, mels) or with a "
+                             f"trailing channel of 1, got shape {array.shape} with "
+                             f"{array.shape[-1]} channels")
+        array = array[..., 0]
+    if array.ndim != 4:
+        raise ValueError(f"images must be (n_noise, n_classes, frames, mels) or (n_noise, "
+                         f"n_classes, frames, mels, 1), got rank {array.ndim} (shape "
+                         f"{array.shape})")
+    if 0 in array.shape:
+        raise ValueError(f"images has an empty axis (shape {array.shape})")
+    n_noise, n_classes, frames, mels = array.shape
+    if isinstance(class_names, (str, bytes)):
+        raise TypeError(f"class_names must be a sequence of names, got {class_names!r}")
+    names = [str(name) for name in class_names]
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} conditions (images "
+                         f"shape {array.shape})")
+
+    gap = 2
+    # Row-major reshape: tile i * n_classes + j is noise i under condition j, which
+    # spectrogram_grid places in grid row i, column j.
+    grid = spectrogram_grid(array.reshape(n_noise * n_classes, frames, mels),
+                            cols=n_classes, gap=gap)
+    scale = max(1.0, 96.0 / max(frames, mels))
+    width = grid.shape[1] * scale / _DPI + 0.9
+    height = grid.shape[0] * scale / _DPI + 0.6 + (0.4 if title else 0.0)
+    figure = Figure(figsize=(max(width, 2.5), height), dpi=_DPI, layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(grid, interpolation="nearest")
+    axes.set_xticks([j * (frames + gap) + (frames - 1) / 2.0 for j in range(n_classes)],
+                    labels=names)
+    axes.set_yticks([i * (mels + gap) + (mels - 1) / 2.0 for i in range(n_noise)],
+                    labels=[f"z{i + 1}" for i in range(n_noise)])
+    axes.xaxis.tick_top()
+    axes.tick_params(length=0)
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+    if title:
+        axes.set_title(title)
+    return _save_figure(figure, path)
+
+
 class SpectrogramGridCallback(keras.callbacks.Callback):
     """Every few epochs, draw what the generator makes of a fixed batch of noise.
 

@@ -1,0 +1,86 @@
+"""Stage 1 of Eskimez et al. (Interspeech 2020): autoencoder pre-training with an L1 loss.
+
+The discriminator, with its last layer replaced by N_z linear units, is the encoder; the
+generator is the decoder, fed the code and an N_c vector of zeros as its condition. The
+L1 distance between a patch and its reconstruction is minimised with Adam (lr 5e-5,
+Sec. 2.2 of the paper). Both networks keep their weights for stage 2 (`WGANGPTrainer`):
+the critic re-uses the encoder's trunk, the generator is the decoder itself.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_ser.models import sngan
+
+
+class AutoencoderTrainer(keras.Model):
+    """L1 autoencoder from the SN discriminator (encoder) and generator (decoder).
+
+    Args:
+        encoder: Discriminator with the ``"encoder"`` head: ``(batch, frames, mels) ->
+            (batch, N_z)``.
+        decoder: `keras_ser.models.sngan.build_generator` model (inputs ``[z, condition]``).
+        config: `SNGANConfig` (N_c, ``ae_lr``).
+
+    Batches: dicts with ``"features"`` ``(batch, frames, mels)`` in [-1, 1], or the tensor.
+
+    Metrics: ``loss`` (mean absolute reconstruction error, in normalised units).
+
+    Reference:
+        Eskimez et al., Interspeech 2020, Sec. 2.2 ("autoencoder pre-training").
+    """
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = sngan.get_sngan_preset(config)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.built = True
+
+    def compile(self, **kwargs):
+        """Create and build the Adam optimiser (``ae_optimizer``, lr ``config.ae_lr``)."""
+        super().compile(**kwargs)
+        self.ae_optimizer = keras.optimizers.Adam(self.config.ae_lr, name="ae_adam")
+        self.ae_optimizer.build(self._ae_variables())
+
+    @property
+    def optimizers(self) -> dict:
+        """Name -> optimiser, for checkpointing."""
+        return {"ae": self.ae_optimizer}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def _ae_variables(self):
+        return self.encoder.trainable_variables + self.decoder.trainable_variables
+
+    def reconstruct(self, patches, training: bool = False):
+        """``decoder([encoder(x), 0])``: ``(batch, frames, mels)`` reconstructions."""
+        code = self.encoder(patches, training=training)
+        zeros = ops.zeros((ops.shape(patches)[0], self.config.n_classes), code.dtype)
+        return self.decoder([code, zeros], training=training)
+
+    def l1(self, patches, training: bool = False):
+        """Mean absolute reconstruction error of a batch (scalar float32)."""
+        recon = ops.cast(self.reconstruct(patches, training=training), "float32")
+        return ops.mean(ops.abs(ops.cast(patches, "float32") - recon))
+
+    def train_step(self, data):
+        x = data["features"] if isinstance(data, dict) else data
+        variables = self._ae_variables()
+        with tf.GradientTape() as tape:
+            loss = self.l1(x, training=True)
+        grads = tape.gradient(loss, variables)
+        self.ae_optimizer.apply_gradients(zip(grads, variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        x = data["features"] if isinstance(data, dict) else data
+        self.loss_tracker.update_state(self.l1(x, training=False))
+        return {"loss": self.loss_tracker.result()}
