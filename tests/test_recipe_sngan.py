@@ -136,3 +136,30 @@ def test_bad_options_exit_2_with_a_message(smoke_run, capsys):
     assert "joy" in capsys.readouterr().err
     assert recipe.main(["--data", out, "--out", out]) == 2
     assert "--corpus" in capsys.readouterr().err
+
+
+def test_iemocap_folds_leave_one_session_out_and_sessions_are_clients():
+    recipe = _recipe()
+    stats = {"speakers": {f"Ses0{i}{g}": {"session": f"Ses0{i}",
+                                          "gender": "female" if g == "F" else "male"}
+                          for i in range(1, 6) for g in "FM"}}
+    folds = recipe.select_folds("iemocap", stats, None)
+    assert [f[0] for f in folds] == [f"session{i}" for i in range(1, 6)]
+    name, train, held = folds[0]
+    assert held == ["Ses01F", "Ses01M"] and len(train) == 8 and not set(train) & set(held)
+    clients = recipe.client_groups("iemocap", train, stats, clients=3)
+    assert clients == [[f"Ses0{i}F", f"Ses0{i}M"] for i in range(2, 6)]
+    assert recipe.select_folds("iemocap", stats, "Ses03M")[0][0] == "session3"
+    assert [f[0] for f in recipe.select_folds("iemocap", stats, "2")] == ["session1", "session2"]
+
+
+def test_speaker_folds_put_the_validation_speaker_into_training():
+    recipe = _recipe()
+    stats = {"speakers": {s: {"session": s, "gender": "male"} for s in ("03", "08", "09", "10")}}
+    folds = recipe.select_folds("emodb", stats, "08,10")
+    assert [(f[0], f[1], f[2]) for f in folds] == [
+        ("08", ["03", "09", "10"], ["08"]), ("10", ["03", "08", "09"], ["10"])]
+    groups = recipe.client_groups("emodb", folds[0][1], stats, clients=2)
+    assert groups == [["03", "09"], ["10"]]
+    with pytest.raises(ValueError, match="unknown fold"):
+        recipe.select_folds("emodb", stats, "11")
