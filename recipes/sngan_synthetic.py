@@ -114,7 +114,8 @@ def parse_args(argv=None):
                    help="iterations between checkpoints (default: 1/10 of each stage)")
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline GAN")
     p.add_argument("--mixed-precision", action="store_true",
-                   help="train under the mixed_bfloat16 policy (1.4-1.6x faster here)")
+                   help="train under the mixed_bfloat16 policy (faster only on CPUs with bf16 "
+                        "instructions; slower on this 2-core test machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/sngan-<corpus>-<preset>)")
     p.add_argument("--verbose", type=int, default=None,
