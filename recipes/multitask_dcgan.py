@@ -44,11 +44,9 @@ from keras_ser import export, folds as kfolds, plots, reporting, tuning
 from keras_ser.models import dcgan
 from keras_ser.training import protocol
 from keras_ser.training.callbacks import atomic_json
-from tfrecords_tools import reader as treader, writer as twriter
+from tfrecords_tools import synthetic, writer as twriter
 
-SMOKE_NOTE = ("SMOKE-TEST CORPUS: synthetic speech-like signals (source-filter model with "
-              "speaker- and emotion-dependent pitch, tempo, energy and formants). Its "
-              "numbers only show that the pipeline runs; they say nothing about speech.")
+SMOKE_NOTE = synthetic.BANNER
 
 
 def parse_args(argv=None):
@@ -93,28 +91,6 @@ MAX_EPOCHS = {"cpu": 40, "paper": 200}
 SMOKE_MAX_EPOCHS = 12
 
 
-def prepare_records(corpus: str, src: str, out_dir: str) -> str:
-    """A record folder: ``src`` itself if converted already, else converted into out_dir."""
-    if os.path.isfile(os.path.join(src, "stats.json")) and os.path.isfile(
-            os.path.join(src, "plan.json")):
-        return src
-    target = os.path.join(out_dir, "records", corpus)
-    print(f"converting {src} ({corpus}) -> {target}")
-    report = twriter.convert(treader.get_reader(corpus), src, target, progress=True)
-    print(f"  {report.records} records, {len(report.skipped)} skipped")
-    return target
-
-
-def smoke_records(out_dir: str) -> str:
-    """Generate (or reuse) the smoke-test corpus under ``out_dir``; its record folder."""
-    from tfrecords_tools import synthetic
-
-    target = os.path.join(out_dir, "smoke")
-    print(SMOKE_NOTE)
-    synthetic.make_smoke_corpus(target)
-    return os.path.join(target, "records")
-
-
 def main(argv=None) -> int:
     """Run the recipe; returns the exit status (0, or 2 for bad options)."""
     args = parse_args(argv)
@@ -129,8 +105,9 @@ def main(argv=None) -> int:
 
     # 1. Data.
     try:
-        records = smoke_records(out) if smoke else prepare_records(corpus, args.data, out)
-        unlabelled = [prepare_records("speech", d, os.path.join(
+        records = (synthetic.smoke_records(out) if smoke
+                   else twriter.records_for(corpus, args.data, out))
+        unlabelled = [twriter.records_for("speech", d, os.path.join(
             out, "unlabelled", os.path.basename(os.path.normpath(d)))) for d in args.unlabelled]
     except (OSError, KeyError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,12 +60,9 @@ from keras_ser.patches import PatchBank
 from keras_ser.training import autoencoder, conditional_gan, ser, stages, wgan_gp
 from keras_ser.training import bagan as bagan_training
 from keras_ser.training.callbacks import atomic_json
-from tfrecords_tools import reader as treader
-from tfrecords_tools import writer as twriter
+from tfrecords_tools import synthetic, writer as twriter
 
-SMOKE_NOTE = ("SMOKE-TEST CORPUS: synthetic speech-like signals (source-filter model with "
-              "speaker- and emotion-dependent pitch, tempo, energy and formants). Its "
-              "numbers only show that the pipeline runs; they say nothing about speech.")
+SMOKE_NOTE = synthetic.BANNER
 
 #: Iteration budgets per preset: (autoencoder, WGAN-GP, fine-tuning, SER network,
 #: baseline autoencoder, baseline GAN). The paper trains far longer; ``cpu`` fits a
@@ -121,18 +118,6 @@ def parse_args(argv=None):
     p.add_argument("--verbose", type=int, default=None,
                    help="Keras fit verbosity (default: progress bar on a terminal, else 2)")
     return p.parse_args(argv)
-
-
-def prepare_records(corpus: str, src: str, out_dir: str) -> str:
-    """A record folder: ``src`` itself if converted already, else converted into out_dir."""
-    if os.path.isfile(os.path.join(src, "stats.json")) and os.path.isfile(
-            os.path.join(src, "plan.json")):
-        return src
-    target = os.path.join(out_dir, "records", corpus)
-    print(f"converting {src} ({corpus}) -> {target}")
-    report = twriter.convert(treader.get_reader(corpus), src, target, progress=True)
-    print(f"  {report.records} records, {len(report.skipped)} skipped")
-    return target
 
 
 def select_folds(corpus: str, stats: dict, chosen) -> list:
@@ -504,14 +489,9 @@ def main(argv=None) -> int:
 
     # 1. Data.
     try:
-        if smoke:
-            from tfrecords_tools import synthetic
-            print(SMOKE_NOTE)
-            synthetic.make_smoke_corpus(os.path.join(out, "smoke"))
-            records = os.path.join(out, "smoke", "records")
-        else:
-            records = prepare_records(corpus, args.data, out)
-        unlabelled = [prepare_records("speech", d, os.path.join(
+        records = (synthetic.smoke_records(out) if smoke
+                   else twriter.records_for(corpus, args.data, out))
+        unlabelled = [twriter.records_for("speech", d, os.path.join(
             out, "unlabelled", os.path.basename(os.path.normpath(d)))) for d in args.unlabelled]
         with open(os.path.join(records, "stats.json"), encoding="utf-8") as f:
             stats = json.load(f)

@@ -67,6 +67,11 @@ LABEL_FILE = "smoke_labels.json"
 NOTE = ("synthetic smoke-test corpus: source-filter speech-like signals (Fant 1960), not "
         "speech; for checking that pipelines run, not for reporting results")
 #: Simulated annotators rating every utterance.
+#: The banner recipes print and put at the head of their results on this corpus.
+BANNER = ("SMOKE-TEST CORPUS: synthetic speech-like signals (source-filter model with "
+          "speaker- and emotion-dependent pitch, tempo, energy and formants). Its "
+          "numbers only show that the pipeline runs; they say nothing about speech.")
+
 ANNOTATORS = ("A1", "A2", "A3")
 #: Standard deviation of an annotator's rating around the class value (1-5 scale).
 RATING_NOISE = 0.7
@@ -671,3 +676,15 @@ def make_smoke_corpus(out_dir: str, speakers: int = 4, per_class: int = 10, seed
     report.stats["note"] = NOTE
     _atomic_json(os.path.join(records_dir, "stats.json"), report.stats)
     return report
+
+
+def smoke_records(run_dir: str) -> str:
+    """Print `BANNER`, write (or reuse) the smoke corpus under ``<run_dir>/smoke``.
+
+    Returns:
+        Its record folder, ``<run_dir>/smoke/records``.
+    """
+    target = os.path.join(run_dir, "smoke")
+    print(BANNER)
+    make_smoke_corpus(target)
+    return os.path.join(target, "records")

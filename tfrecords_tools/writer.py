@@ -291,3 +291,34 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
         raise TooManySkipped(f"{len(skipped)} files skipped (limit {max_skipped}); "
                              f"see {tsv}")
     return report
+
+
+def records_for(corpus: str, src: str, out_dir: str, progress: bool = True) -> str:
+    """A record folder for a recipe: ``src`` itself when it already is one, else converted.
+
+    Args:
+        corpus: Reader name (`tfrecords_tools.reader.get_reader`), e.g. ``"emodb"`` or
+            ``"speech"`` for any folder of unlabelled audio.
+        src: A corpus folder as released, or a record folder written by `convert`
+            (recognised by its ``stats.json`` and ``plan.json``).
+        out_dir: Run folder; conversions go to ``<out_dir>/records/<corpus>``.
+        progress: Show the converter's progress bar.
+
+    Returns:
+        The record folder.
+
+    Raises:
+        KeyError: Unknown reader name.
+        OSError, ValueError, RuntimeError: From the reader or `convert` (a missing
+            folder, unreadable audio, too many skipped files); the message names the file.
+    """
+    if os.path.isfile(os.path.join(src, "stats.json")) and os.path.isfile(
+            os.path.join(src, "plan.json")):
+        return src
+    from tfrecords_tools import reader as treader
+
+    target = os.path.join(out_dir, "records", corpus)
+    print(f"converting {src} ({corpus}) -> {target}")
+    report = convert(treader.get_reader(corpus), src, target, progress=progress)
+    print(f"  {report.records} records, {len(report.skipped)} skipped")
+    return target

@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_ser.models import sngan
+from keras_ser.training.wgan_gp import build_adam
 
 
 def _ce(labels, probs):
@@ -69,12 +70,10 @@ class ConditionalGANTrainer(keras.Model):
         """Create and build ``g_optimizer`` and ``d_optimizer`` (Adam)."""
         super().compile(**kwargs)
         c = self.config
-        self.g_optimizer = keras.optimizers.Adam(c.ft_g_lr, beta_1=c.beta_1,
-                                                 beta_2=c.beta_2, name="g_adam")
-        self.d_optimizer = keras.optimizers.Adam(c.ft_d_lr, beta_1=c.beta_1,
-                                                 beta_2=c.beta_2, name="d_adam")
-        self.g_optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.g_optimizer = build_adam(c.ft_g_lr, c, self.generator.trainable_variables,
+                                      "g_adam")
+        self.d_optimizer = build_adam(c.ft_d_lr, c, self.discriminator.trainable_variables,
+                                      "d_adam")
 
     @property
     def optimizers(self) -> dict:

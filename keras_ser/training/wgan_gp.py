@@ -52,6 +52,15 @@ def gradient_penalty(critic, real, fake, epsilon, training: bool = True):
     return ops.mean(ops.square(norms - 1.0))
 
 
+def build_adam(learning_rate: float, config, variables, name: str):
+    """Adam with the SN-GAN's betas (Eskimez et al. 2020: 0.5, 0.99), built on ``variables``
+    so its state can be restored from a checkpoint before the first step."""
+    optimizer = keras.optimizers.Adam(learning_rate, beta_1=config.beta_1,
+                                      beta_2=config.beta_2, name=name)
+    optimizer.build(variables)
+    return optimizer
+
+
 class WGANGPTrainer(keras.Model):
     """WGAN-GP trainer of the SN generator and critic.
 
@@ -90,12 +99,8 @@ class WGANGPTrainer(keras.Model):
         """Create the two Adam optimisers (``g_optimizer``, ``d_optimizer``) and build them."""
         super().compile(**kwargs)
         c = self.config
-        self.g_optimizer = keras.optimizers.Adam(c.g_lr, beta_1=c.beta_1, beta_2=c.beta_2,
-                                                 name="g_adam")
-        self.d_optimizer = keras.optimizers.Adam(c.d_lr, beta_1=c.beta_1, beta_2=c.beta_2,
-                                                 name="d_adam")
-        self.g_optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.critic.trainable_variables)
+        self.g_optimizer = build_adam(c.g_lr, c, self.generator.trainable_variables, "g_adam")
+        self.d_optimizer = build_adam(c.d_lr, c, self.critic.trainable_variables, "d_adam")
 
     @property
     def optimizers(self) -> dict:
