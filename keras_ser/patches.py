@@ -138,6 +138,7 @@ class PatchBank:
 
     @property
     def n_mels(self) -> int:
+        """Mel bands per frame."""
         return int(self.mels[0].shape[1])
 
     @property

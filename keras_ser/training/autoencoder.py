@@ -71,6 +71,8 @@ class AutoencoderTrainer(keras.Model):
         return ops.mean(ops.abs(ops.cast(patches, "float32") - recon))
 
     def train_step(self, data):
+        """One Adam update of encoder and decoder on the L1 loss of a ``(batch, frames,
+        mels)`` batch; returns ``{"loss": running mean}``."""
         x = data["features"] if isinstance(data, dict) else data
         variables = self._ae_variables()
         with tf.GradientTape() as tape:
@@ -81,6 +83,7 @@ class AutoencoderTrainer(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
+        """The L1 loss of a batch without updates."""
         x = data["features"] if isinstance(data, dict) else data
         self.loss_tracker.update_state(self.l1(x, training=False))
         return {"loss": self.loss_tracker.result()}

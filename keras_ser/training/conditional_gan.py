@@ -121,9 +121,12 @@ class ConditionalGANTrainer(keras.Model):
         return {k: t.result() for k, t in self.trackers.items()}
 
     def train_step(self, data):
+        """One discriminator update (real -> emotion, generated -> fake), then one
+        generator update (generated -> intended emotion); returns the running metrics."""
         return self._step(data, training=True)
 
     def test_step(self, data):
+        """The same losses without updates (inference mode)."""
         return self._step(data, training=False)
 
 

@@ -127,6 +127,8 @@ class WGANGPTrainer(keras.Model):
         return -w + self.config.gp_weight * gp, gp, w
 
     def train_step(self, data):
+        """``n_critic`` critic updates (loss with gradient penalty), then one generator
+        update, on a ``(batch, frames, mels)`` real batch; returns the running metrics."""
         real = data["features"] if isinstance(data, dict) else data
         for _ in range(self.n_critic):
             with tf.GradientTape() as tape:
@@ -145,6 +147,7 @@ class WGANGPTrainer(keras.Model):
         return {k: t.result() for k, t in self.trackers.items()}
 
     def test_step(self, data):
+        """The losses of a batch without updates (critic in inference mode)."""
         real = data["features"] if isinstance(data, dict) else data
         d_loss, gp, w = self.critic_loss(real, training=False)
         fake = self.generator(self._noise(ops.shape(real)[0]), training=False)
