@@ -1,0 +1,170 @@
+"""recipes/crnn_vtlp.py end to end: smoke corpus, an IEMOCAP-layout fixture, bad options."""
+
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from helpers import write_tone
+
+from keras_ser.models import crnn
+
+_RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "crnn_vtlp.py")
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("crnn_vtlp", _RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--folds", "1", "--variants", "oversampling,vtlp", "--max-epochs", "2",
+        "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("crnn") / "run")
+    recipe = _recipe()
+    assert recipe.main(TINY + ["--out", out]) == 0
+    return recipe, out
+
+
+def _tags(log_dir):
+    import tensorflow as tf
+
+    tags = set()
+    for root, _, files in os.walk(log_dir):
+        for name in files:
+            if "tfevents" in name:
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                    tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_both_tables_votes_and_gradient_norm_logs(smoke_run):
+    """One fold with and without VTLP: tables, an 11-copy vote, Figure 3 logs, a model."""
+    _, out = smoke_run
+    with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    assert doc["protocol"] == "loso-speaker"
+    assert [r["variant"] for r in doc["folds"]] == ["oversampling", "vtlp"]
+    plain, vtlp = doc["folds"]
+    assert plain["config"]["oversample"] == ["happiness", "anger"]
+    assert plain["config"]["vtlp"] == "none" and vtlp["config"]["vtlp"] == "example"
+    assert "copies" not in plain["test"] and vtlp["test"]["copies"] == 11
+    assert "test_single" in vtlp
+    for r in doc["folds"]:
+        assert r["test_speakers"] == ["f01"] and r["validation_speakers"] == ["f03"]
+        assert r["epochs"] == 2 and 1 <= r["best_epoch"] <= 2
+        conf = np.array(r["test"]["confusion"])
+        assert conf.sum() == r["test"]["utterances"] == 40
+        assert r["test"]["wa"] == pytest.approx(np.trace(conf) / conf.sum())
+        recall = np.diag(conf) / conf.sum(axis=1)
+        assert r["test"]["ua"] == pytest.approx(recall.mean())
+    summary = doc["summary"]
+    assert summary["vtlp"]["ua"]["folds"] == [vtlp["test"]["ua"]]
+    text = open(os.path.join(out, "results.md"), encoding="utf-8").read()
+    assert "## Ablation" in text and "## Per fold" in text and "SMOKE-TEST" in text
+    assert "| test-f01 | f03 | f01 |" in text
+    run = os.path.join(out, "runs", "vtlp", "test-f01")
+    tags = _tags(os.path.join(run, "logs"))
+    for group in ("conv", "recurrent", "dense"):
+        assert f"epoch_grad_norm_{group}" in tags
+    # Keras writes the val_ metrics to logs/validation without the prefix.
+    assert {"epoch_ua", "epoch_wa"} <= _tags(os.path.join(run, "logs", "validation"))
+    model = keras.models.load_model(os.path.join(run, "model.keras"))
+    assert isinstance(model, crnn.CRNN) and model.config.num_classes == 4
+
+
+@pytest.mark.slow
+def test_rerun_reads_finished_folds_back(smoke_run):
+    """A second invocation trains nothing: the fold results and model files stay as they were."""
+    recipe, out = smoke_run
+    result = os.path.join(out, "runs", "oversampling", "test-f01", "result.json")
+    model = os.path.join(out, "runs", "oversampling", "test-f01", "model.keras")
+    stamps = (os.path.getmtime(result), os.path.getmtime(model))
+    before = json.load(open(result, encoding="utf-8"))
+    assert recipe.main(TINY + ["--out", out]) == 0
+    assert (os.path.getmtime(result), os.path.getmtime(model)) == stamps
+    after = json.load(open(os.path.join(out, "results.json"), encoding="utf-8"))
+    assert after["folds"][0]["test"] == before["test"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--variants", "nope"],
+    ["--folds", "zz9"],
+    ["--folds", "99"],
+    ["--conv-layers", "7"],
+    ["--lstm-layers", "0"],
+    ["--data", "somewhere"],
+    ["--classes", "anger,joy"],
+])
+def test_bad_options_exit_with_status_2(tmp_path, argv, capsys):
+    """Unknown variants, folds, sizes, classes, or --data without --corpus: status 2."""
+    assert _recipe().main(argv + ["--out", str(tmp_path / "run"), "--verbose", "0"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_missing_corpus_folder_is_named(tmp_path, capsys):
+    """A --data folder that does not exist: status 2 and the path in the message."""
+    missing = str(tmp_path / "no_such_emodb")
+    assert _recipe().main(["--corpus", "emodb", "--data", missing,
+                           "--out", str(tmp_path / "run")]) == 2
+    assert "no_such_emodb" in capsys.readouterr().err
+
+
+# An IEMOCAP_full_release layout: two sessions, improvised and scripted dialogs.
+_CODES = {"neu": 170.0, "hap": 260.0, "ang": 300.0, "sad": 140.0, "fru": 200.0}
+
+
+def _iemocap(root):
+    release = os.path.join(root, "IEMOCAP_full_release")
+    for k in (1, 2):
+        session = os.path.join(release, f"Session{k}")
+        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+        for dialog, codes in ((f"Ses0{k}F_impro01", ("neu", "hap", "ang", "sad", "fru")),
+                              (f"Ses0{k}F_script01_1", ("ang", "sad"))):
+            rows = list(lines)
+            for gender in "FM":
+                for i, code in enumerate(codes):
+                    turn = f"{dialog}_{gender}{i:03d}"
+                    rows += [f"[{i}.0000 - {i + 1}.0000]\t{turn}\t{code}\t"
+                             "[3.0000, 3.0000, 3.0000]", f"C-E1:\t{code};\t()", ""]
+                    write_tone(os.path.join(session, "sentences", "wav", dialog,
+                                            f"{turn}.wav"), seconds=0.8,
+                               freq=_CODES[code] * (1.2 if gender == "F" else 1.0))
+            path = os.path.join(session, "dialog", "EmoEvaluation", f"{dialog}.txt")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_iemocap_protocol_improvised_four_classes_swapped_session_folds(tmp_path):
+    """IEMOCAP: 2 folds per session (validation/test swapped), improvised turns only,
+    the four emotions only (frustration and the scripted dialogs are left out)."""
+    data = _iemocap(str(tmp_path / "corpus"))
+    out = str(tmp_path / "run")
+    assert _recipe().main(["--corpus", "iemocap", "--data", data, "--out", out,
+                           "--folds", "Ses01F", "--variants", "baseline",
+                           "--max-epochs", "1", "--verbose", "0"]) == 0
+    config = json.load(open(os.path.join(out, "config.json"), encoding="utf-8"))
+    assert config["classes"] == ["neutral", "happiness", "anger", "sadness"]
+    assert config["protocol"] == "loso-session-swap" and config["improvised_only"]
+    folds = json.load(open(os.path.join(out, "folds.json"), encoding="utf-8"))
+    pairs = sorted((f["validation"][0], f["test"][0]) for f in folds["folds"])
+    assert pairs == [("Ses01F", "Ses01M"), ("Ses01M", "Ses01F"),
+                     ("Ses02F", "Ses02M"), ("Ses02M", "Ses02F")]
+    doc = json.load(open(os.path.join(out, "results.json"), encoding="utf-8"))
+    (fold,) = doc["folds"]
+    assert fold["test_speakers"] == ["Ses01F"] and fold["validation_speakers"] == ["Ses01M"]
+    # Ses01F: 4 improvised turns of the four emotions; not fru, not the 2 scripted ones.
+    assert fold["test"]["utterances"] == 4
+    assert fold["validation"]["utterances"] == 4
+    assert np.array(fold["test"]["confusion"]).sum(axis=1).tolist() == [1, 1, 1, 1]
