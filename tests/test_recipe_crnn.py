@@ -168,3 +168,33 @@ def test_iemocap_protocol_improvised_four_classes_swapped_session_folds(tmp_path
     assert fold["test"]["utterances"] == 4
     assert fold["validation"]["utterances"] == 4
     assert np.array(fold["test"]["confusion"]).sum(axis=1).tolist() == [1, 1, 1, 1]
+
+
+@pytest.mark.slow
+def test_epoch_vtlp_draws_one_alpha_per_epoch_and_an_interrupted_fold_resumes(tmp_path):
+    """``vtlp="epoch"``: every epoch's α is the seeded draw of that epoch, logged; a fold
+    stopped after epoch 1 continues at epoch 2 with epoch 1's record untouched."""
+    from keras_ser.folds import Fold
+    from keras_ser.training import crnn as tcrnn
+    from tfrecords_tools import synthetic
+
+    records = synthetic.smoke_records(str(tmp_path))
+    classes = ["anger", "happiness", "neutral", "sadness"]
+    fold = Fold("test-f01", train=["m02", "m04"], validation=["f03"], test=["f01"])
+    model_config = crnn.get_config("cpu", num_classes=4, conv_filters=(4, 4),
+                                   conv_strides=((2, 2), (1, 2)), lstm_units=4)
+    config = tcrnn.TrainConfig(vtlp="epoch", max_epochs=1, seed=3, patience=5)
+    out = str(tmp_path / "fold")
+    first = tcrnn.train_fold(model_config, config, fold, records, classes, out, verbose=0)
+    assert first["epochs"] == 1 and first["test"]["utterances"] == 40
+    state_path = os.path.join(out, "ckpt", "state.json")
+    epoch1 = json.load(open(state_path, encoding="utf-8"))["history"][0]
+    os.remove(os.path.join(out, "result.json"))  # as if the run had stopped after epoch 1
+    second = tcrnn.train_fold(model_config, config.replace(max_epochs=2), fold, records,
+                              classes, out, verbose=0)
+    assert second["epochs"] == 2
+    history = json.load(open(state_path, encoding="utf-8"))["history"]
+    assert len(history) == 2 and history[0] == epoch1
+    expected = [np.random.default_rng([3, e]).uniform(0.9, 1.1) for e in (0, 1)]
+    assert [h["vtlp_alpha"] for h in history] == pytest.approx(expected, abs=1e-6)
+    assert expected[0] != pytest.approx(expected[1])

@@ -600,6 +600,7 @@ class CRNN(keras.Model):
         return masked_mean(x, mask)
 
     def call(self, inputs, training=False):
+        """``(batch, N_c)`` softmax probabilities of ``{"features", "length"}`` inputs."""
         pooled = self.embed(inputs, training=training)
         if self.dropout is not None:
             pooled = self.dropout(pooled, training=training)
@@ -614,6 +615,8 @@ class CRNN(keras.Model):
         return ce + (ops.sum(self.losses) if self.losses else 0.0), ce
 
     def train_step(self, data):
+        """One SGD step on ``(inputs, labels)``: cross-entropy + L2, per-group gradient
+        norms, optimiser update. Labels are ``(batch,)`` int class indices."""
         x, y = data[0], data[1]
         with tf.GradientTape() as tape:
             probs = self(x, training=True)
@@ -631,6 +634,7 @@ class CRNN(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
+        """Cross-entropy (without L2) and accuracy of ``(inputs, labels)``, inference mode."""
         x, y = data[0], data[1]
         probs = self(x, training=False)
         _, ce = self._loss(y, probs)
@@ -639,6 +643,7 @@ class CRNN(keras.Model):
         return {m.name: m.result() for m in (self.loss_tracker, self.accuracy_tracker)}
 
     def predict_step(self, data):
+        """Probabilities of ``inputs`` or of the inputs of ``(inputs, labels)``."""
         x = data[0] if isinstance(data, tuple) else data
         return self(x, training=False)
 
