@@ -1,5 +1,6 @@
 """Small generated audio for reader fixtures (imported by tests as ``helpers``)."""
 
+import importlib.util
 import os
 
 import numpy as np
@@ -34,3 +35,15 @@ def write_empty(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     soundfile.write(path, np.zeros((0,), np.float32), 16000, subtype="PCM_16")
     return path
+
+
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+
+
+def load_recipe(name):
+    """Import ``recipes/<name>.py`` (recipes are scripts, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}",
+                                                  os.path.join(RECIPES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,24 +1,18 @@
 """recipes/crnn_vtlp.py end to end: smoke corpus, an IEMOCAP-layout fixture, bad options."""
 
-import importlib.util
 import json
 import os
 
 import keras
 import numpy as np
 import pytest
-from helpers import write_tone
+from helpers import load_recipe, write_tone
 
 from keras_ser.models import crnn
 
-_RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "crnn_vtlp.py")
-
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("crnn_vtlp", _RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("crnn_vtlp")
 
 
 TINY = ["--folds", "1", "--variants", "oversampling,vtlp", "--max-epochs", "2",

@@ -1,7 +1,6 @@
 """The main recipe end to end on the smoke-test corpus: outputs, search, SIGKILL resume."""
 
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -13,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import load_recipe
 
 from keras_ser import cli
 from keras_ser.models import dcgan
@@ -23,10 +23,7 @@ RECIPE = os.path.join(ROOT, "recipes", "multitask_dcgan.py")
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("multitask_dcgan_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("multitask_dcgan")
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,20 @@
 """recipes/sngan_synthetic.py end to end on the smoke-test corpus (tiny budgets)."""
 
-import importlib.util
 import json
 import os
 
 import keras
 import numpy as np
 import pytest
+from helpers import load_recipe
 
 from keras_ser import synthesis
 from keras_ser.models import sngan
 from keras_ser.training import autoencoder, stages, wgan_gp
 
-_RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "sngan_synthetic.py")
-
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("sngan_synthetic", _RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("sngan_synthetic")
 
 
 TINY = ["--folds", "1", "--clients", "2", "--ae-steps", "6", "--wgan-steps", "6",
