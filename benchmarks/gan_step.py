@@ -29,11 +29,10 @@ W / sigma with sigma = u^T W v (u, v from the power iteration, detached) in ever
 pass and backpropagates through that formula for sigma, so its weight gradient has an extra
 term (a few element-wise passes over each kernel, which costs seconds on the paper's two
 134M-weight dense layers); Keras's `SpectralNormalization` writes W / sigma back into the
-kernel and lets no gradient through sigma (see /work/shared/STACK_NOTES.md). The two
-frameworks also draw different noise and
-initial weights, so their losses are not comparable with each other; within one framework
-the fp32 and bf16 runs start from the same weights, noise and batch, and their first losses
-are printed side by side.
+kernel and lets no gradient through sigma (see ../shared/STACK_NOTES.md). The two
+frameworks also draw different noise and initial weights, so their losses are not
+comparable with each other; within one framework the fp32 and bf16 runs start from the
+same weights, noise and batch, and their first losses are printed side by side.
 
 Measurement, in one process: per preset and precision, the Keras case and the PyTorch case
 are built, warmed up (``--warmup`` steps each, excluded; the first Keras call traces the
@@ -301,7 +300,7 @@ class KerasCase:
         import tensorflow as tf
 
         from keras_ser.models import sngan
-        from keras_ser.training.wgan_gp import WGANGPTrainer
+        from keras_ser.training import wgan_gp
 
         policy = "mixed_bfloat16" if precision == "bf16" else "float32"
         keras.mixed_precision.set_global_policy(policy)
@@ -313,8 +312,9 @@ class KerasCase:
             if init_weights is not None:
                 self.generator.set_weights(init_weights[0])
                 self.critic.set_weights(init_weights[1])
-            self.trainer = WGANGPTrainer(self.generator, self.critic, config, seed=seed)
-            self.trainer.compile()
+            self.trainer = wgan_gp.WGANGPTrainer(self.generator, self.critic, config,
+                                                 seed=seed)
+            self.trainer.compile(**wgan_gp.optimizers(config))
         finally:
             keras.mixed_precision.set_global_policy("float32")
         self.real = tf.constant(real)

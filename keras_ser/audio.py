@@ -1,6 +1,6 @@
 """Predict-time audio input: decode files and validate waveforms before a served model.
 
-A served classifier (`keras_ser.export`) takes float32 waveforms ``(batch, samples)`` in
+A served classifier (`keras_ser.serving`) takes float32 waveforms ``(batch, samples)`` in
 [-1, 1] at one sample rate. These helpers turn any audio file into such a waveform and
 reject inputs the model would silently mis-handle (integer PCM, NaN, audio shorter than one
 STFT window) with messages that name the problem and the fix.

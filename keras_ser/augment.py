@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Union
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 #: The eleven warp factors of test-time VTLP voting, 0.90, 0.92, ..., 1.10
-#: (Etienne et al., SMM 2018, Sec. 3.3).
+#: (Etienne et al. 2018, Sec. 2).
 VTLP_TTA_ALPHAS = tuple(round(0.9 + 0.02 * k, 2) for k in range(11))
-#: Range of the random warp factor (Etienne et al. 2018, Sec. 3.3; Jaitly & Hinton 2013).
+#: Range of the random warp factor (Etienne et al. 2018, Sec. 2; Jaitly & Hinton 2013).
 VTLP_RANGE = (0.9, 1.1)
-#: Boundary frequency of the piecewise-linear warp as a fraction of f_max (eq. 1).
+#: Boundary frequency of the piecewise-linear warp as a fraction of f_max (Etienne et
+#: al. 2018, eq. 1: f0 / f_max = 0.9).
 VTLP_F0_RATIO = 0.9
 
 
@@ -30,7 +30,8 @@ def vtlp_warp(freq_hz, alpha, fmax_hz: float, f0_ratio: float = VTLP_F0_RATIO):
     Args:
         freq_hz: Frequencies, Hz (NumPy array or tensor).
         alpha: Warp factor (broadcasts against ``freq_hz``), typically in (0.9, 1.1).
-        fmax_hz: Upper frequency f_max (Nyquist), Hz.
+        fmax_hz: Upper frequency f_max, Hz (the paper's "upper cut-off frequency";
+            `keras_ser.features` passes the Nyquist frequency, our choice).
         f0_ratio: f0 / f_max (paper: 0.9).
 
     Returns:
@@ -68,7 +69,7 @@ def vtlp_filterbank(band_edges_hz, bin_freqs_hz, alpha, fmax_hz: float,
         ``(batch, bins, n_mels)`` float32 weights.
 
     Reference:
-        Etienne et al., SMM 2018, Sec. 3.3, eq. 1; Jaitly & Hinton, "Vocal tract length
+        Etienne et al. 2018, Sec. 2, eq. 1; Jaitly & Hinton, "Vocal tract length
         perturbation (VTLP) improves speech recognition", ICML WDLASL 2013.
     """
     edges = tf.cast(band_edges_hz, tf.float32)
@@ -99,50 +100,31 @@ def random_alpha(seed, shape=(), low: float = VTLP_RANGE[0], high: float = VTLP_
     return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
 
 
-class EpochAlpha:
-    """One VTLP warp factor per epoch, shared by every training example of that epoch.
+def epoch_alpha(seed: int, epoch, low: float = VTLP_RANGE[0], high: float = VTLP_RANGE[1]):
+    """The VTLP warp factor every training example of ``epoch`` shares.
 
-    The factor lives in a `tf.Variable` that `tf.data` maps read; `callback` returns a
-    Keras callback drawing a new factor at the start of every epoch, reproducibly from
-    ``seed`` and the epoch number (a resumed run draws the same factors).
+    Drawn uniformly from ``[low, high)`` with a stateless generator seeded by ``(seed,
+    epoch)`` (`keras_ser.seeds.epoch_seed`), so it can be computed inside a `tf.data`
+    graph where the epoch is a tensor, and again eagerly to log it; a resumed run draws
+    the same factors.
 
     Args:
-        seed: Integer seed.
+        seed: The run's data seed.
+        epoch: Epoch index (int or int64 scalar tensor).
         low, high: Range of the factor.
 
+    Returns:
+        float32 scalar tensor.
+
     Reference:
-        Etienne et al., SMM 2018, Sec. 3.3 (first strategy: a random factor per epoch).
+        Etienne et al. 2018, Sec. 2 (first strategy: one factor per epoch for all
+        training examples, none for the validation set).
     """
+    from keras_ser import seeds
 
-    def __init__(self, seed: int = 0, low: float = VTLP_RANGE[0], high: float = VTLP_RANGE[1]):
-        self.seed, self.low, self.high = seed, low, high
-        self.variable = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="vtlp_alpha")
-        self.history = {}
-
-    def set_epoch(self, epoch: int) -> float:
-        """Draw and store the factor of ``epoch``; returns it."""
-        value = float(np.random.default_rng([self.seed, epoch]).uniform(self.low, self.high))
-        self.variable.assign(value)
-        self.history[epoch] = value
-        return value
-
-    def value(self) -> tf.Tensor:
-        """The current factor (read inside a `tf.data` map)."""
-        return self.variable.read_value()
-
-    def callback(self) -> keras.callbacks.Callback:
-        """A callback calling `set_epoch` at each epoch start and logging ``vtlp_alpha``."""
-        owner = self
-
-        class _EpochAlphaCallback(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                owner.set_epoch(epoch)
-
-            def on_epoch_end(self, epoch, logs=None):
-                if logs is not None:
-                    logs["vtlp_alpha"] = owner.history[epoch]
-
-        return _EpochAlphaCallback()
+    value = seeds.epoch_seed(seed, tf.cast(epoch, tf.int64))
+    return tf.random.stateless_uniform([], tf.stack([value, tf.constant(7, tf.int64)]),
+                                       minval=low, maxval=high)
 
 
 def crop_positions(lengths: tf.Tensor, segments: tf.Tensor, counts: tf.Tensor, width: int,
@@ -168,7 +150,8 @@ def crop_positions(lengths: tf.Tensor, segments: tf.Tensor, counts: tf.Tensor, w
         ValueError: ``edge`` is not ``"pad"`` or ``"shift"``.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.2 (random word-centred crops).
+        Chang & Scherer, ICASSP 2017, Sec. "Data Corpus" (random word-centred crops;
+        the handling of utterance edges is our choice).
     """
     if edge not in ("pad", "shift"):
         raise ValueError(f"edge must be 'pad' or 'shift', got {edge!r}")
@@ -245,7 +228,8 @@ def word_centred_crop(waveform: tf.Tensor, segments: tf.Tensor, width: int, seed
         ValueError: ``edge`` is not ``"pad"`` or ``"shift"``.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.2 (random word-centred crops).
+        Chang & Scherer, ICASSP 2017, Sec. "Data Corpus" (random word-centred crops;
+        the handling of utterance edges is our choice).
     """
     waveform = tf.convert_to_tensor(waveform)
     segments = tf.reshape(tf.cast(segments, tf.float32), [-1, 2])
@@ -262,7 +246,8 @@ def class_counts_factors(counts: Mapping[str, int], factors: Union[str, Mapping[
         counts: Examples per class in the training split.
         factors: ``"balance"`` (each class repeated ``round(max_count / count)`` times),
             or a mapping from class to factor for named classes (others 1; paper: 2 for
-            happiness and anger, Etienne et al. 2018, Sec. 3.3).
+            happiness and anger, Etienne et al. 2018, Sec. 2 and Table 1). The
+            ``"balance"`` rule is our choice.
 
     Returns:
         Dict class -> int factor >= 1.
@@ -305,4 +290,4 @@ def oversample(dataset: tf.data.Dataset, label_fn: Callable, factors: Mapping[in
                          tf.constant(1, tf.int64))
         return tf.data.Dataset.from_tensors(example).repeat(count)
 
-    return dataset.flat_map(repeat)
+    return dataset.flat_map(tf.autograph.experimental.do_not_convert(repeat))

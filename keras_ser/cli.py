@@ -6,8 +6,9 @@ Sub-commands:
   ``python -m tfrecords_tools`` (see `tfrecords_tools.cli`).
 - ``keras-ser folds RECORD_DIR OUT.json --protocol loso-speaker``: speaker-independent
   folds from a converted corpus's ``stats.json`` (see `keras_ser.folds`).
-- ``keras-ser predict MODEL_DIR FILE [FILE ...] [--json]``: classify audio files with an
-  exported model (see `keras_ser.export`).
+- ``keras-ser predict EXPORT FILE [FILE ...] [--json]``: classify audio files with an
+  exported model: a run's ``export/`` folder, ``export/<name>`` (highest version) or
+  ``export/<name>/<version>`` (see `keras_ser.serving.predict`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def _folds(argv) -> int:
 def _predict(argv) -> int:
     """``keras-ser predict``: class probabilities of audio files from an exported model.
 
-    Prints, per file, the probabilities sorted from most to least likely (3 decimals) and
-    the predicted class, or a JSON list with ``--json``. Returns 0, or 2 with a one-line
+    Prints, per file, the predicted class and the probabilities sorted from most to least
+    likely (3 decimals; for a VTLP-vote export also each class's share of the votes, which
+    decide), or a JSON list with ``--json``. Returns 0, or 2 with a one-line
     ``error: ...`` on stderr when the model folder is missing or not an export, or an
     audio file is missing, undecodable, empty or shorter than the model's minimum.
     """
@@ -67,14 +69,15 @@ def _predict(argv) -> int:
         prog="keras-ser predict",
         description="Classify audio files (any rate, channels, WAV/FLAC/OGG) with an "
                     "exported model.")
-    parser.add_argument("model", help="export folder written by keras_ser.export")
+    parser.add_argument("model", help="export: a run's export/ folder, export/<name> or "
+                                      "export/<name>/<version>")
     parser.add_argument("files", nargs="+", help="audio files")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    from keras_ser import export
+    from keras_ser.serving import predict
 
     try:
-        results = export.predict_files(args.model, args.files)
+        results = predict.predict_files(args.model, args.files)
     except (OSError, ValueError, TypeError) as err:
         message = " ".join(str(err).split())
         print(f"error: {message}", file=sys.stderr)
@@ -88,8 +91,10 @@ def _predict(argv) -> int:
         print(f"{result['file']}: {result['predicted']}")
         ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
         width = max(len(name) for name, _ in ranked)
+        votes = result.get("votes")
         for name, prob in ranked:
-            print(f"  {name:{width}s}  {prob:.3f}")
+            print(f"  {name:{width}s}  {prob:.3f}" +
+                  (f"  votes {votes[name]:.2f}" if votes is not None else ""))
     return 0
 
 

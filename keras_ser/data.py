@@ -22,7 +22,9 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from keras_ser import augment, features as feats
+from keras_ser import augment, seeds
+from keras_ser import features as feats
+from tfrecords_tools import patch_records
 from tfrecords_tools.schema import feature_spec
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -163,28 +165,36 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
                  stats: Optional[dict] = None, batch_size: int = 32, shuffle: bool = False,
                  shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = False,
                  cache: bool = False, drop_remainder: bool = False,
-                 keep: Sequence[str] = ()) -> tf.data.Dataset:
+                 keep: Sequence[str] = (), epochs: Optional[tuple] = None,
+                 steps: Optional[int] = None) -> tf.data.Dataset:
     """A batched dataset of features for one split.
 
     Which records belong to the split, and their labels, come from the shards' side files,
     so per-example work touches only serialised strings; parsing, decoding, cropping,
     VTLP and features then run on whole batches.
 
+    Randomness (order, crop positions, VTLP factors) comes from seeds. With ``epochs``
+    the dataset holds the batches of several epochs, each drawn from a seed derived from
+    ``(seed, epoch)`` (`keras_ser.seeds.epoch_seed`): epoch 7 is the same whether the
+    dataset starts at epoch 0 or at epoch 7, which is what lets a killed run resume
+    exactly (`keras_ser.training.resumable.fit_resumable`). Without ``epochs`` every
+    iteration reshuffles and redraws.
+
     Args:
         records: Record folder (from the converter) or list of shard files.
         classes: Emotion names in class-index order; records with other labels are
             dropped. ``None`` keeps every record with ``label`` -1 (unlabelled use).
-        speakers: Speakers of the split (e.g. ``fold.part("train")``); ``None``: all.
+        speakers: Speakers of the split (e.g. ``fold.train``); ``None``: all.
         features: Preset name or `keras_ser.features.FeatureConfig`.
         crop_frames: Patch width in frames: each example is cropped to the waveform
             length giving exactly this many frames. ``None`` keeps whole utterances
             (zero-padded per batch, with a mask).
-        crop: ``"word"`` (word-centred random crop, Chang & Scherer 2017), ``"random"``
-            (uniform centre over the utterance) or ``"centre"`` (deterministic middle).
+        crop: ``"word"`` (word-centred random crop, Chang & Scherer 2017, Sec. "Data
+            Corpus"), ``"random"`` (uniform centre over the utterance) or ``"centre"``.
         crop_edge: ``"pad"`` or ``"shift"`` (`keras_ser.augment.word_centred_crop`).
-        vtlp: ``None``; ``"example"`` (a random factor in [0.9, 1.1) per example); an
-            `keras_ser.augment.EpochAlpha` (one factor per epoch); or a float (a fixed
-            factor, e.g. for test-time voting over `augment.VTLP_TTA_ALPHAS`).
+        vtlp: ``None``; ``"example"`` (a random factor in [0.9, 1.1) per example);
+            ``"epoch"`` (one factor per epoch for every example, `augment.epoch_alpha`;
+            Etienne et al. 2018, Sec. 2, first strategy); or a float (a fixed factor).
         oversample: ``None``, ``"balance"`` or ``{class: factor}`` (needs ``classes``);
             factors from the split's counts (`augment.class_counts_factors`).
         labels: ``{utterance_id: class index}`` replacing the emotion as the label, e.g.
@@ -192,24 +202,27 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
             primary labels, valence levels on IEMOCAP); ``classes`` then names the
             indices and records missing from the mapping are left out (an id that is
             not in the records raises).
-        normalise: ``None``, ``"minmax"`` (to [-1, 1], Eskimez et al. 2020), ``"zscore"``
-            or ``"zscore_band"`` (Etienne et al. 2018, eq. 2).
+        normalise: ``None``, ``"minmax"`` (to [-1, 1], Eskimez et al. 2020, Sec. 4.2),
+            ``"zscore"`` (one mean and deviation, Etienne et al. 2018, eq. 2) or
+            ``"zscore_band"`` (per band, our variant).
         stats: Feature statistics (`keras_ser.features.load_feature_stats`); when
             ``None`` and ``normalise`` is set, read from the record folder's stats.json.
         batch_size: Examples per batch.
-        shuffle, shuffle_buffer: Shuffle examples (reshuffled every epoch).
+        shuffle, shuffle_buffer: Shuffle examples.
         seed: Seed of shuffling, crops and VTLP factors.
-        repeat: Repeat forever.
-        cache: Keep the split's serialised records in memory after the first epoch.
+        repeat: Repeat the split (forever, or up to ``steps`` batches per epoch).
+        cache: Keep the split's serialised records in memory after the first pass.
         drop_remainder: Drop the last partial batch.
         keep: Extra scalar fields of the schema to pass through (``"speaker"``,
             ``"utterance_id"``, ``"valence"``, ...).
+        epochs: ``(first, stop)``: the batches of epochs ``first .. stop - 1``.
+        steps: Batches per epoch (a repeated stream is cut to this many per epoch).
 
     Returns:
         A dataset of dicts: ``features`` ``(batch, frames, feature_dim)`` float32
         (images: ``(batch, height, width, 3)``), ``label`` ``(batch,)`` int32,
         ``length`` ``(batch,)`` int32 valid frames, ``mask`` ``(batch, frames)`` bool,
-        and the ``keep`` fields. Its cardinality is known unless ``repeat``.
+        and the ``keep`` fields. Its cardinality is known unless it repeats forever.
 
     Raises:
         FileNotFoundError: No shards, or a shard without its side file.
@@ -231,7 +244,7 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
                 or k == "pcm"]
     if bad_keep:
         raise ValueError(f"keep takes scalar schema fields, not {bad_keep}")
-    if vtlp is not None and vtlp != "example" and not isinstance(vtlp, augment.EpochAlpha):
+    if vtlp is not None and vtlp not in ("example", "epoch"):
         vtlp = float(vtlp)
     files = record_files(records)
     if normalise is not None and stats is None:
@@ -260,37 +273,56 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
     index = tf.data.Dataset.from_tensor_slices({
         "expected_id": tf.constant([r["utterance_id"] for r in metadata], tf.string),
         "label": labels, "chosen": selected})
-    ds = tf.data.Dataset.zip(tf.data.TFRecordDataset(files), index)
-    ds = ds.filter(lambda serialized, meta: meta["chosen"])
-    ds = ds.map(lambda serialized, meta: {"serialized": serialized, "label": meta["label"],
-                                          "expected_id": meta["expected_id"]})
+    base = tf.data.Dataset.zip(tf.data.TFRecordDataset(files), index)
+    base = base.filter(lambda serialized, meta: meta["chosen"])
+    base = base.map(lambda serialized, meta: {"serialized": serialized, "label": meta["label"],
+                                              "expected_id": meta["expected_id"]})
     if cache:
-        ds = ds.cache()
+        base = base.cache()
     examples = int(selected.sum())
+    factors = None
     if oversample is not None:
         counts = {c: int(((labels == i) & selected).sum()) for c, i in class_index.items()}
-        factors = augment.class_counts_factors(counts, oversample)
-        ds = augment.oversample(ds, lambda ex: ex["label"],
-                                {class_index[c]: f for c, f in factors.items()})
-        examples = sum(counts[c] * factors[c] for c in counts)
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip(ds, seeds)
+        chosen = augment.class_counts_factors(counts, oversample)
+        factors = {class_index[c]: f for c, f in chosen.items()}
+        examples = sum(counts[c] * chosen[c] for c in counts)
+    per_epoch = steps if steps is not None else (
+        examples // batch_size if drop_remainder else -(-examples // batch_size))
+
+    def one_epoch(epoch_seed, epoch, reshuffle):
+        ds = base
+        if factors is not None:
+            ds = augment.oversample(ds, lambda ex: ex["label"], factors)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=reshuffle)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if steps is not None:
+            ds = ds.take(steps)
+        draws = tf.data.Dataset.random(seed=epoch_seed,
+                                       rerandomize_each_iteration=reshuffle).batch(2)
+        return tf.data.Dataset.zip(ds, draws, tf.data.Dataset.from_tensors(epoch).repeat())
+
+    if epochs is None:
+        ds = one_epoch(seed, tf.constant(0, tf.int64), True)
+        count = None if repeat and steps is None else per_epoch
+    else:
+        first, stop = (int(e) for e in epochs)
+        ds = _concatenated_epochs(first, stop, seed,
+                                  lambda epoch_seed, e: one_epoch(epoch_seed, e, False))
+        count = per_epoch * max(0, stop - first)
 
     parse_spec = {k: spec[k] for k in ("pcm", "num_samples", "segment_start", "segment_end",
                                        "utterance_id", *keep)}
     width = config.samples_for_frames(crop_frames) if crop_frames is not None else None
 
-    def featurise(batch, batch_seed):
+    def featurise(batch, batch_seed, epoch):
         ex = tf.io.parse_example(batch["serialized"], parse_spec)
         tf.debugging.assert_equal(ex["utterance_id"], batch["expected_id"], message=(
             "a shard's records do not match its side file; re-run the converter"))
         lengths = tf.cast(ex["num_samples"], tf.int32)
-        seeds = tf.random.experimental.stateless_split(tf.cast(batch_seed, tf.int32), 2)
+        draws = tf.random.experimental.stateless_split(tf.cast(batch_seed, tf.int32), 2)
         if width is not None:
             duration = tf.cast(lengths, tf.float32) / config.sample_rate
             if crop == "word":
@@ -304,7 +336,7 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
             else:
                 segments = tf.stack([duration / 2.0, duration / 2.0], 1)
                 counts = tf.ones_like(lengths)
-            _, begins = augment.crop_positions(lengths, segments, counts, width, seeds[0],
+            _, begins = augment.crop_positions(lengths, segments, counts, width, draws[0],
                                                config.sample_rate, crop_edge)
             pcm = crop_pcm(ex["pcm"], begins, width)
             frames = tf.fill(tf.shape(lengths), crop_frames)
@@ -315,9 +347,9 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
         waveform = tf.cast(pcm, tf.float32) / 32768.0
         alpha = None
         if vtlp == "example":
-            alpha = augment.random_alpha(seeds[1], tf.shape(lengths))
-        elif isinstance(vtlp, augment.EpochAlpha):
-            alpha = vtlp.value()
+            alpha = augment.random_alpha(draws[1], tf.shape(lengths))
+        elif vtlp == "epoch":
+            alpha = augment.epoch_alpha(seed, epoch)
         elif vtlp is not None:
             alpha = tf.constant(vtlp)
         x = feats.compute_features(waveform, config, alpha)
@@ -332,10 +364,30 @@ def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
     # skipping its source transformation saves seconds per pipeline.
     ds = ds.map(tf.autograph.experimental.do_not_convert(featurise),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    if not repeat:
-        batches = examples // batch_size if drop_remainder else -(-examples // batch_size)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    if count is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     return ds.prefetch(AUTOTUNE)
+
+
+def _concatenated_epochs(first: int, stop: int, seed: int, build) -> tf.data.Dataset:
+    """``build(epoch_seed, epoch)`` for the epochs ``first .. stop - 1``, one after another.
+
+    Each epoch's seed (`keras_ser.seeds.epoch_seed`) is computed here and handed to
+    ``build`` as a Python int: `tf.data` cannot take a seed tensor (e.g. inside
+    ``flat_map``) while TensorFlow's global seed is 0 -- ``keras.utils.set_random_seed(0)``
+    -- because its ``get_seed`` then compares the tensor with 0 in Python.
+    """
+    parts = [build(int(seeds.epoch_seed(seed, e)), tf.constant(e, tf.int64))
+             for e in range(first, max(stop, first + 1))]
+    ds = parts[0]
+    for part in parts[1:]:
+        ds = ds.concatenate(part)
+    return ds if stop > first else ds.take(0)
+
+
+def batches_per_epoch(dataset: tf.data.Dataset, epochs: tuple) -> int:
+    """Batches of one epoch of a `make_dataset` dataset built with ``epochs``."""
+    return int(dataset.cardinality()) // max(1, int(epochs[1]) - int(epochs[0]))
 
 
 def crop_pcm(pcm: tf.Tensor, begins: tf.Tensor, width: int) -> tf.Tensor:
@@ -415,3 +467,172 @@ def feature_statistics(dataset: tf.data.Dataset) -> dict:
             "std": overall_std, "band_mean": mean.astype(np.float32),
             "band_std": std.astype(np.float32), "band_min": lo.astype(np.float32),
             "band_max": hi.astype(np.float32)}
+
+
+def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: int = 0,
+                      repeat: bool = False, drop_remainder: bool = False,
+                      shuffle_buffer: int = 4096, epochs: Optional[tuple] = None,
+                      steps: Optional[int] = None) -> tf.data.Dataset:
+    """Batches of patches from one synthetic record folder, or several pooled.
+
+    Pooling the per-client folders of a federated run gives one training set of the
+    sum of their records. All folders must share the classes (in the same order),
+    ``frames`` and ``n_mels``.
+
+    Without ``shuffle`` the records come folder by folder and shard by shard, in the
+    order they were written. With ``shuffle`` the shard order is shuffled, up to 8
+    shards are interleaved and a buffer of ``shuffle_buffer`` serialised records is
+    shuffled, all reshuffled every epoch and reproducible for a given ``seed``. The
+    buffer holds serialised records: about 4 * frames * n_mels bytes each (64 MiB per
+    1024 records of 128 x 128).
+
+    With ``epochs = (first, stop)`` the dataset holds ``steps`` batches (the records
+    repeated as needed) for each epoch of the range, each epoch shuffled from a seed of
+    ``(seed, epoch)``, so a resumed run reads what an uninterrupted one reads.
+
+    Args:
+        folders: A folder written by `tfrecords_tools.patch_records.
+            write_synthetic_records`, or a list of them.
+        batch_size: Patches per batch.
+        shuffle: Shuffle the records (see above).
+        seed: Shuffling seed.
+        repeat: Repeat forever.
+        drop_remainder: Drop the last partial batch (static batch size).
+        shuffle_buffer: Records in the shuffle buffer.
+        epochs: ``(first, stop)`` epochs to hold (needs ``steps``).
+        steps: Batches per epoch.
+
+    Returns:
+        A dataset of dicts: ``features`` ``(batch, frames, n_mels)`` float32 and
+        ``label`` ``(batch,)`` int32 class indices into the shared ``classes``. Its
+        cardinality is known unless ``repeat``. Feed it to `keras.Model.fit` with
+        `to_keras`.
+
+    Raises:
+        ValueError: No folder, bad option values, or a folder whose classes,
+            ``frames`` or ``n_mels`` differ from the first one's (named in the message).
+        FileNotFoundError: A folder without ``synthetic.json``, or with a listed shard
+            missing.
+    """
+    if isinstance(folders, (str, bytes, os.PathLike)):
+        folders = [folders]
+    folders = [os.fspath(folder) for folder in folders]
+    if not folders:
+        raise ValueError("no synthetic record folder given")
+    if batch_size < 1 or shuffle_buffer < 1:
+        raise ValueError(f"batch_size and shuffle_buffer must be positive, got "
+                         f"{batch_size}, {shuffle_buffer}")
+    if epochs is not None and not steps:
+        raise ValueError("synthetic_dataset: epochs needs steps (batches per epoch)")
+    documents = [patch_records.read_synthetic_metadata(folder) for folder in folders]
+    first = documents[0]
+    files, total = [], 0
+    for folder, document in zip(folders, documents):
+        for key in ("classes", "frames", "n_mels"):
+            if document[key] != first[key]:
+                raise ValueError(f"{folder}: {key} {document[key]!r} differs from "
+                                 f"{first[key]!r} of {folders[0]}; cannot pool them")
+        for shard in document["shards"]:
+            path = os.path.join(folder, shard["name"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{folder}: shard {shard['name']} is missing")
+            files.append(path)
+            total += int(shard["records"])
+    frames, n_mels = int(first["frames"]), int(first["n_mels"])
+    spec = {"features": tf.io.FixedLenFeature([frames * n_mels], tf.float32),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def records(epoch_seed, reshuffle):
+        if not shuffle:
+            return tf.data.TFRecordDataset(files)
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        ds = ds.shuffle(len(files), seed=epoch_seed, reshuffle_each_iteration=reshuffle)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                           block_length=1, num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=reshuffle)
+
+    if epochs is None:
+        ds = records(seed, True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        first, stop = (int(e) for e in epochs)
+        ds = _concatenated_epochs(first, stop, seed, lambda epoch_seed, e: records(
+            epoch_seed, False).repeat().batch(batch_size, drop_remainder=drop_remainder)
+            .take(steps))
+
+    def parse(serialized):
+        example = tf.io.parse_example(serialized, spec)
+        return {"features": tf.reshape(example["features"], [-1, frames, n_mels]),
+                "label": tf.cast(example["label"], tf.int32)}
+
+    ds = ds.map(tf.autograph.experimental.do_not_convert(parse),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    if epochs is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(steps * max(0, stop - first)))
+    elif not repeat:
+        batches = total // batch_size if drop_remainder else -(-total // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds.prefetch(AUTOTUNE)
+
+
+class Utterances:
+    """Whole utterances of a converted corpus held in memory, for utterance-level scoring.
+
+    Args:
+        records: Record folder (or shard list) from the converter.
+        classes: Keep only records of these emotions (``None``: all).
+        labels: ``{utterance_id: class index}``: keep only these records (e.g. IEMOCAP's
+            improvised dialogs) and use these labels instead of the emotion.
+
+    Attributes:
+        waveforms: ``(samples,)`` int16 PCM arrays (16 kHz).
+        ids, speakers, emotions: Per-utterance strings.
+        labels: ``(n,)`` int64 class index (-1 without ``classes`` or ``labels``).
+        ratings: ``{"valence": (n,), "activation": (n,)}`` float32 mean ratings (NaN
+            where the corpus has none).
+
+    Raises:
+        FileNotFoundError: No shards.
+    """
+
+    def __init__(self, records, classes: Optional[Sequence[str]] = None,
+                 labels: Optional[dict] = None):
+        index = {c: i for i, c in enumerate(classes or ())}
+        self.waveforms, self.ids, self.speakers, self.emotions = [], [], [], []
+        found, ratings = [], {"valence": [], "activation": []}
+        for ex in read_records(records):
+            uid = ex["utterance_id"].numpy().decode()
+            emotion = ex["emotion"].numpy().decode()
+            if labels is not None:
+                if uid not in labels:
+                    continue
+                label = int(labels[uid])
+            elif classes is not None:
+                if emotion not in index:
+                    continue
+                label = index[emotion]
+            else:
+                label = -1
+            self.waveforms.append(np.round(ex["waveform"].numpy() * 32768.0).astype(np.int16))
+            self.ids.append(uid)
+            self.speakers.append(ex["speaker"].numpy().decode())
+            self.emotions.append(emotion)
+            found.append(label)
+            for key in ratings:
+                ratings[key].append(float(ex[key].numpy()))
+        self.labels = np.asarray(found, np.int64)
+        self.ratings = {k: np.asarray(v, np.float32) for k, v in ratings.items()}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def indices(self, speakers) -> np.ndarray:
+        """Indices of the utterances of ``speakers``, in corpus order."""
+        wanted = set(speakers)
+        return np.array([i for i, s in enumerate(self.speakers) if s in wanted], np.int64)
+
+    def select(self, index) -> list:
+        """The waveforms at ``index``."""
+        return [self.waveforms[i] for i in index]

@@ -143,19 +143,23 @@ class FeatureConfig:
 PRESETS = {
     "eskimez": FeatureConfig(
         window_ms=32.0, hop_ms=16.0, n_fft=512, n_mels=128,
-        reference="Eskimez et al., Interspeech 2020, Sec. 3.1: 32 ms window, 16 ms hop, "
-                  "512-point FFT, 128 mel bands, 128x128 patches"),
+        reference="Eskimez et al., Interspeech 2020, Sec. 4.2: 32 ms window, 16 ms hop, "
+                  "512 FFT bins, 128 mel bands, 128x128 patches; Hann window, Slaney "
+                  "mel up to 8 kHz and the 1e-10 power floor are our choice"),
     "chang": FeatureConfig(
         window_ms=64.0, hop_ms=32.0, n_fft=1024, n_mels=128,
-        reference="Chang & Scherer, ICASSP 2017, Sec. 3.2: 1024-sample window, 128 "
-                  "frequency rows; the hop (512 samples) is our choice"),
+        reference="Chang & Scherer, ICASSP 2017, Sec. \"Data Corpus\": 1024-sample "
+                  "window, 128 rows (said to span 0-11 kHz, impossible at 16 kHz); the "
+                  "128 Slaney log-mel bands up to 8 kHz and the 512-sample hop are our "
+                  "choice"),
     "etienne": FeatureConfig(
         window_ms=64.0, hop_ms=32.0, n_fft=1024, n_mels=128, fmax_hz=4000.0,
-        reference="Etienne et al., SMM 2018, Sec. 3.1: 64 ms window, 32 ms shift, "
-                  "frequencies up to 4 kHz"),
+        reference="Etienne et al. 2018, Sec. 3 and Table 1: 64 ms window, 32 ms shift, "
+                  "frequencies up to 4 kHz; 128 log-mel bands are our choice"),
     "etienne_8k": FeatureConfig(
         window_ms=64.0, hop_ms=32.0, n_fft=1024, n_mels=128, fmax_hz=8000.0,
-        reference="Etienne et al., SMM 2018, Table 1: the 8 kHz upper limit variant"),
+        reference="Etienne et al. 2018, Table 1: the 8 kHz range of the best model; "
+                  "128 log-mel bands are our choice"),
     "tu": FeatureConfig(
         window_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=40, fmin_hz=20.0, mel_scale="htk",
         n_mfcc=13, deltas=2,
@@ -273,26 +277,30 @@ def log_mel_from_power(power: tf.Tensor, config: FeatureConfig,
     return _vtlp_log_mel(power, alpha, config)
 
 
-def _vtlp_log_mel(spectrum: tf.Tensor, alpha, config: FeatureConfig) -> tf.Tensor:
+def _vtlp_log_mel(spectrum: tf.Tensor, alpha, config: FeatureConfig,
+                  jit: bool = True) -> tf.Tensor:
     bins = np.arange(config.num_bins, dtype=np.float32) * config.sample_rate / config.fft_size
-    return _vtlp_log_mel_xla(spectrum, tf.cast(alpha, tf.float32),
-                             tf.constant(mel_band_edges(config), tf.float32),
-                             tf.constant(bins), config.sample_rate / 2.0,
-                             config.mel_scale == "slaney", config.amin)
+    fn = _vtlp_log_mel_xla if jit else _vtlp_log_mel_ops
+    return fn(spectrum, tf.cast(alpha, tf.float32),
+              tf.constant(mel_band_edges(config), tf.float32), tf.constant(bins),
+              config.sample_rate / 2.0, config.mel_scale == "slaney", config.amin)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _vtlp_log_mel_xla(spectrum, alpha, edges, bins, fmax, slaney, amin):
-    # XLA fuses |X|^2, the per-example warped filterbank and the log into few passes:
-    # about 1.4x faster per batch on this CPU than the unfused ops. Only the training-time
-    # augmentation uses it; exported models never compute VTLP.
+def _vtlp_log_mel_ops(spectrum, alpha, edges, bins, fmax, slaney, amin):
     power = _power(spectrum) if spectrum.dtype.is_complex else spectrum
     weights = augment.vtlp_filterbank(edges, bins, alpha, fmax, slaney_norm=slaney)
     return power_to_db(tf.linalg.matmul(power, weights), amin)
 
 
+# XLA fuses |X|^2, the per-example warped filterbank and the log into few passes: about
+# 1.4x faster per training batch on this CPU than the unfused ops. It compiles once per
+# input shape, so inference on utterances of many lengths (scoring, an exported VTLP
+# vote) uses the plain ops instead (``jit=False``).
+_vtlp_log_mel_xla = tf.function(_vtlp_log_mel_ops, jit_compile=True, reduce_retracing=True)
+
+
 def log_mel_spectrogram(waveform: tf.Tensor, config: Union[str, FeatureConfig] = "eskimez",
-                        alpha: Optional[tf.Tensor] = None) -> tf.Tensor:
+                        alpha: Optional[tf.Tensor] = None, jit: bool = True) -> tf.Tensor:
     """Log-mel spectrogram, optionally with VTLP applied to the power spectrum first.
 
     Args:
@@ -300,7 +308,11 @@ def log_mel_spectrogram(waveform: tf.Tensor, config: Union[str, FeatureConfig] =
         config: A preset name or `FeatureConfig`.
         alpha: VTLP warp factor, scalar or ``(batch,)``; ``None`` for none (the mel
             filterbank is warped, `keras_ser.augment.vtlp_filterbank`, Etienne et al.
-            2018, eq. 1).
+            2018, eq. 1). The warp's f_max is always the Nyquist frequency, not the
+            config's ``fmax_hz`` (our choice; the paper only says "upper cut-off
+            frequency").
+        jit: Compute the warped filterbank with XLA (fast for the fixed shapes of
+            training batches; ``False`` for utterances of many lengths).
 
     Returns:
         ``(batch, frames, n_mels)`` (or ``(frames, n_mels)``), dB.
@@ -310,8 +322,8 @@ def log_mel_spectrogram(waveform: tf.Tensor, config: Union[str, FeatureConfig] =
     if alpha is None:
         return log_mel_from_power(power_spectrogram(waveform, config), config)
     if len(waveform.shape) == 1:
-        return log_mel_spectrogram(waveform[tf.newaxis], config, alpha)[0]
-    return _vtlp_log_mel(stft(waveform, config), alpha, config)
+        return log_mel_spectrogram(waveform[tf.newaxis], config, alpha, jit)[0]
+    return _vtlp_log_mel(stft(waveform, config), alpha, config, jit)
 
 
 def mfcc_from_log_mel(log_mel_db: tf.Tensor, n_mfcc: int) -> tf.Tensor:
@@ -384,20 +396,21 @@ def energy_vad(waveform: tf.Tensor, config: FeatureConfig,
 
 
 def compute_features(waveform: tf.Tensor, config: Union[str, FeatureConfig] = "eskimez",
-                     alpha: Optional[tf.Tensor] = None) -> tf.Tensor:
+                     alpha: Optional[tf.Tensor] = None, jit: bool = True) -> tf.Tensor:
     """The features a config describes: log-mel, MFCC (+ deltas), or a 3-channel image.
 
     Args:
         waveform: ``(batch, samples)`` float32 in [-1, 1].
         config: A preset name or `FeatureConfig`.
         alpha: Optional VTLP factor, scalar or ``(batch,)``.
+        jit: XLA for the VTLP filterbank (`log_mel_spectrogram`).
 
     Returns:
         ``(batch, frames, feature_dim)``; for image configs ``(batch, height, width, 3)``
         in [0, 255] with frequency rising upwards (row 0 is the highest band).
     """
     config = get_preset(config)
-    feats = log_mel_spectrogram(waveform, config, alpha)
+    feats = log_mel_spectrogram(waveform, config, alpha, jit)
     if config.n_mfcc:
         feats = mfcc_from_log_mel(feats, config.n_mfcc)
     if config.deltas:
@@ -485,8 +498,8 @@ def minmax_to_unit(features: tf.Tensor, minimum, maximum) -> tf.Tensor:
     never silently altered.
 
     Reference:
-        Eskimez et al., Interspeech 2020, Sec. 3.1 (min-max to [-1, 1] with the corpora's
-        minimum and maximum).
+        Eskimez et al., Interspeech 2020, Sec. 4.2 (min-max to [-1, 1] with the minimum
+        and maximum of the combined corpora).
     """
     minimum = tf.cast(minimum, features.dtype)
     maximum = tf.cast(maximum, features.dtype)
@@ -497,7 +510,8 @@ def zscore(features: tf.Tensor, mean, std, eps: float = 1e-6) -> tf.Tensor:
     """Standardise features: ``(x - mean) / std`` (scalar or per band).
 
     Reference:
-        Etienne et al., SMM 2018, eq. 2 (dataset mean and standard deviation).
+        Etienne et al. 2018, eq. 2 (one mean and standard deviation over the dataset);
+        per-band statistics and the ``eps`` floor on ``std`` are our variant.
     """
     return (features - tf.cast(mean, features.dtype)) / tf.maximum(
         tf.cast(std, features.dtype), eps)

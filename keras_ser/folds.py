@@ -5,9 +5,10 @@ exactly which speakers it held out (as EmoBox's fold files do). Protocols:
 
 - ``"loso-session"``: leave one session out. Each session holds two speakers (IEMOCAP:
   one female, one male); the fold validates on one and tests on the other, and trains on
-  every other session (5 folds for IEMOCAP).
+  every other session (5 folds for IEMOCAP; Chang & Scherer 2017, Sec. "Experimental
+  Design", say only that one speaker validates: the female one by default is our choice).
 - ``"loso-session-swap"``: the same, each session also with the two speakers swapped, so
-  every speaker is tested once (10 folds for IEMOCAP; Etienne et al. 2018, Sec. 4).
+  every speaker is tested once (10 folds for IEMOCAP; Etienne et al. 2018, Sec. 3).
 - ``"loso-speaker"``: leave one speaker out; the next speaker validates (10 folds for EmoDB).
 - ``"kfold"``: k folds over speakers; the next fold's test speakers validate.
 
@@ -26,7 +27,6 @@ import collections
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -196,11 +196,13 @@ def leave_one_session_out(speakers: Mapping, swap: bool = False, genders: Mappin
     Args:
         speakers: Mapping speaker -> session; every session must hold exactly two speakers.
         swap: Also yield each session with validation and test speakers swapped (two folds
-            per session, every speaker tested once; Etienne et al. 2018, Sec. 4).
+            per session, every speaker tested once; Etienne et al. 2018, Sec. 3, Table 2).
         genders: Mapping speaker -> gender. When given, the speaker of
             ``validation_gender`` validates in the first order; otherwise the first speaker
             in sorted order does.
-        validation_gender: Gender that validates in the first order.
+        validation_gender: Gender that validates in the first order (default female:
+            our choice; Chang & Scherer 2017 only say "one speaker's audio is used as a
+            validation set").
 
     Returns:
         ``sessions`` folds (``2 * sessions`` with ``swap``); each trains on every other
@@ -213,7 +215,7 @@ def leave_one_session_out(speakers: Mapping, swap: bool = False, genders: Mappin
 
     Reference:
         Etienne, Fidanza, Petrovskii, Devillers & Schmauch, "CNN+LSTM architecture for
-        speech emotion recognition with data augmentation", 2018, Sec. 4.
+        speech emotion recognition with data augmentation", 2018, Sec. 3 and Table 2.
     """
     sessions_of = _str_mapping(speakers, "speakers")
     gender_of = None if genders is None else _str_mapping(genders, "genders")
@@ -374,11 +376,47 @@ def folds_from_stats(stats, protocol: str, **kwargs) -> list:
     return speaker_kfold(list(entries), **kwargs)
 
 
-def save_folds(path, folds: list, protocol: str, corpus: str = None) -> None:
-    """Write folds as JSON ``{"protocol", "corpus", "folds": [...]}``, atomically.
+def select(folds: list, chosen=None) -> list:
+    """The folds a ``--folds`` option names: all, the first N, or the named ones.
 
-    The file is written beside its destination and renamed over it (`os.replace`), so a
-    reader never sees a partial file.
+    Args:
+        folds: The protocol's folds, in order.
+        chosen: ``None`` (all); a count N (``3`` or ``"3"``: the first N); or
+            comma-separated names, each a fold name, a test speaker, or a fold-name
+            prefix before ``-`` (``"session2"`` names both folds of session 2). Folds
+            keep the protocol's order and appear once.
+
+    Returns:
+        The selected folds.
+
+    Raises:
+        ValueError: A count outside 1..len(folds), or a name matching no fold (the
+            message lists the fold names and test speakers).
+    """
+    if chosen is None or chosen == "":
+        return list(folds)
+    text = str(chosen).strip()
+    if text.isdigit():
+        n = int(text)
+        if not 1 <= n <= len(folds):
+            raise ValueError(f"--folds {n}: choose 1..{len(folds)} folds")
+        return list(folds[:n])
+    names = [c.strip() for c in text.split(",") if c.strip()]
+
+    def matches(fold, name):
+        return name == fold.name or name in fold.test or fold.name.startswith(f"{name}-")
+
+    unknown = [n for n in names if not any(matches(f, n) for f in folds)]
+    if unknown:
+        raise ValueError(f"--folds: unknown fold(s) {unknown}; folds: "
+                         f"{[f.name for f in folds]}; test speakers: "
+                         f"{sorted({s for f in folds for s in f.test})}")
+    return [f for f in folds if any(matches(f, n) for n in names)]
+
+
+def save_folds(path, folds: list, protocol: str, corpus: str = None) -> None:
+    """Write folds as JSON ``{"protocol", "corpus", "folds": [...]}``, atomically
+    (`keras_ser.io.write_json`), so a reader never sees a partial file.
 
     Args:
         path: Destination ``.json`` file; its folder is created if missing.
@@ -389,6 +427,8 @@ def save_folds(path, folds: list, protocol: str, corpus: str = None) -> None:
     Raises:
         ValueError: No folds, repeated fold names, or a fold fails `Fold.check`.
     """
+    from keras_ser import io
+
     if not folds:
         raise ValueError("no folds to save")
     repeated = _repeated_names(folds)
@@ -396,21 +436,8 @@ def save_folds(path, folds: list, protocol: str, corpus: str = None) -> None:
         raise ValueError(f"fold name(s) {repeated} used more than once")
     for fold in folds:
         fold.check()
-    document = {"protocol": protocol, "corpus": corpus,
-                "folds": [fold.to_dict() for fold in folds]}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                                   suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    io.write_json(path, {"protocol": protocol, "corpus": corpus,
+                         "folds": [fold.to_dict() for fold in folds]}, indent=2)
 
 
 def load_folds(path) -> tuple:

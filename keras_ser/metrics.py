@@ -8,12 +8,14 @@ Categorical scores use the names of the SER literature:
   the reference, so each class weighs the same (scikit-learn's macro recall).
 
 Rating scores follow Chang & Scherer (2017, "Learning representations of emotional speech
-with deep convolutional generative adversarial networks", ICASSP, Sec. 3.1): the mean of
-the annotators' 5-point valence or activation ratings becomes a "fuzzy" label spread over
-the two neighbouring levels; a model predicting a distribution over the levels is scored
-by the Pearson correlation of its expected value with the mean rating, by accuracy after
-pooling the 5-point scale to 3 points, and by counting a prediction as correct when it
-names either of two levels the annotators split evenly between.
+with deep convolutional generative adversarial networks", ICASSP): the mean of the
+annotators' 5-point valence or activation ratings becomes a "fuzzy" label spread over
+the two neighbouring levels (Sec. "Data Corpus"; the paper shows only a mean of .5, the
+linear split of other means is our choice); a model predicting a distribution over the
+levels is scored by the Pearson correlation of its expected value with the mean rating,
+by accuracy after pooling the 5-point scale to 3 points, and by counting a prediction as
+correct when it names either of two levels the annotators split evenly between (Sec.
+"Experimental Design").
 
 Everything runs on NumPy arrays with scikit-learn and SciPy; nothing here imports
 TensorFlow, so results can be recomputed from saved predictions. Class indices are
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.stats
+from scipy import linalg
 from sklearn import metrics as skm
 
 #: 5-point level (0-based) -> 3-point class (0-based): 1-2 negative, 3 neutral, 4-5 positive.
@@ -134,6 +137,9 @@ def unweighted_accuracy(y_true, y_pred) -> float:
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
     """Macro-averaged F1: the unweighted mean of the per-class F1 scores.
+
+    Eskimez et al. (2020, Table 2) report an "F1-score" without naming the average;
+    reading it as macro-F1 is our choice.
 
     Args:
         y_true: ``(n,)`` reference class indices.
@@ -295,7 +301,9 @@ def fuzzy_labels(ratings, levels: int = 5) -> np.ndarray:
 
     Reference:
         Chang & Scherer, "Learning representations of emotional speech with deep
-        convolutional generative adversarial networks", ICASSP 2017, Sec. 3.1.
+        convolutional generative adversarial networks", ICASSP 2017, Sec. "Data
+        Corpus" (4.5 -> equal mass on 4 and 5; the linear split of other means is our
+        choice).
     """
     levels = _check_levels(levels)
     r = np.asarray(ratings, dtype=np.float64)
@@ -331,7 +339,7 @@ def fuzzy_label(mean_rating: float, levels: int = 5) -> np.ndarray:
         ValueError: The rating is not a scalar, is NaN, or lies outside [1, K].
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.1.
+        Chang & Scherer, ICASSP 2017, Sec. "Data Corpus" (linear split: our choice).
     """
     if np.ndim(mean_rating) != 0:
         raise ValueError(f"mean_rating must be a scalar, got shape {np.shape(mean_rating)}")
@@ -356,7 +364,7 @@ def expected_value(probs, levels=None) -> np.ndarray:
         ValueError: ``probs`` is not ``(n, K)`` and finite, or ``levels`` is not ``(K,)``.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.1.
+        Chang & Scherer, ICASSP 2017, Sec. "Experimental Design".
     """
     p = _matrix(probs, "probs")
     if levels is None:
@@ -386,7 +394,7 @@ def pearson_expected(probs, mean_ratings, levels=None) -> tuple:
             rating.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.1.
+        Chang & Scherer, ICASSP 2017, Sec. "Experimental Design".
     """
     predicted = expected_value(probs, levels)
     target = np.asarray(mean_ratings, dtype=np.float64)
@@ -421,7 +429,7 @@ def pool_5_to_3(x, index_base=None) -> np.ndarray:
             for levels; a level is outside ``index_base..index_base + 4``.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.1.
+        Chang & Scherer, ICASSP 2017, Sec. "Experimental Design".
     """
     array = np.asarray(x)
     if array.ndim == 2:
@@ -465,7 +473,8 @@ def accept_either_targets(y_pred, target_dist, atol: float = 1e-9) -> np.ndarray
             or a prediction is not in ``0..C-1``.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.1.
+        Chang & Scherer, ICASSP 2017, Sec. "Experimental Design" (its example is a 4.5
+        label; applying the rule to any tie is our reading).
     """
     target = _matrix(target_dist, "target_dist")
     if (target < 0).any() or (target.max(axis=1) <= 0).any():
@@ -499,10 +508,97 @@ def accept_either_report(probs, target_dist, class_names, atol: float = 1e-9) ->
             ``target_dist`` has a column count other than ``len(class_names)``.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.1.
+        Chang & Scherer, ICASSP 2017, Sec. "Experimental Design".
     """
     if np.ndim(target_dist) == 2 and np.shape(target_dist)[1] != len(class_names):
         raise ValueError(f"target_dist has {np.shape(target_dist)[1]} columns but there are "
                          f"{len(class_names)} class names")
     targets = accept_either_targets(probs, target_dist, atol)
     return classification_report(targets, probs, class_names)
+
+
+#: Largest imaginary part of sqrt(S_a S_b)'s diagonal, relative to max(1, its largest
+#: real diagonal value), that `frechet_distance` discards as numerical noise.
+IMAG_TOLERANCE = 1e-3
+#: Ridge added to both covariances when sqrt(S_a S_b) is not finite (singular product).
+SQRTM_EPS = 1e-6
+
+
+def _embedding_set(values, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be an (n, d) array of embeddings, got shape "
+                         f"{array.shape}")
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
+    if array.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows to fit a covariance, got "
+                         f"{array.shape[0]}")
+    if array.shape[1] < 1:
+        raise ValueError(f"{name} has no embedding dimension (shape {array.shape})")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds non-finite values (NaN or inf)")
+    return array
+
+
+def frechet_distance(a, b) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of embeddings.
+
+    With the sample means ``mu`` and the unbiased sample covariances ``S`` (``n - 1``
+    in the denominator, as `numpy.cov`) of the rows of ``a`` and ``b``::
+
+        d^2 = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))
+
+    the squared 2-Wasserstein distance between N(mu_a, S_a) and N(mu_b, S_b), i.e. the
+    FID formula of Heusel et al. (2017, eq. after Sec. "Fréchet Inception Distance"),
+    here in any embedding space (keras-ser uses the SER network's to compare real and
+    generated patches; this measure is our addition, Eskimez et al. 2020 report only F1
+    in Table 2). The result is in squared embedding units. The matrix square root is
+    `scipy.linalg.sqrtm`; when it is not finite (a singular product, e.g. ``n <= d``)
+    it is recomputed with `SQRTM_EPS` added to both covariance diagonals. An imaginary
+    part from rounding is dropped if no diagonal entry's exceeds `IMAG_TOLERANCE`
+    times max(1, the largest real diagonal entry). Rounding below zero returns 0.
+
+    The estimate is biased for small ``n`` (it falls as ``n`` grows); compare
+    distances computed from equal numbers of rows.
+
+    Args:
+        a: ``(n_a, d)`` array-like of embeddings.
+        b: ``(n_b, d)`` array-like of embeddings.
+
+    Returns:
+        The distance ``d^2`` as a Python float (>= 0).
+
+    Raises:
+        ValueError: An input is not 2-D real numbers, has fewer than 2 rows or
+            non-finite values, the widths ``d`` differ, or the square root has a
+            non-negligible imaginary part.
+    """
+    a = _embedding_set(a, "a")
+    b = _embedding_set(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"embedding widths differ: a is {a.shape}, b is {b.shape}")
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():
+        ridge = SQRTM_EPS * np.eye(cov_a.shape[0])
+        root = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
+        if not np.isfinite(root).all():
+            raise ValueError("sqrt(S_a S_b) is not finite, even with a ridge of "
+                             f"{SQRTM_EPS}")
+    diagonal = np.diagonal(root)
+    if np.iscomplexobj(diagonal):
+        imaginary = float(np.abs(diagonal.imag).max())
+        scale = max(1.0, float(np.abs(diagonal.real).max()))
+        if imaginary > IMAG_TOLERANCE * scale:
+            raise ValueError(f"sqrt(S_a S_b) has an imaginary part of {imaginary:.3g} on "
+                             f"its diagonal (real scale {scale:.3g}): covariances too "
+                             "ill-conditioned; use more rows or a smaller embedding")
+        diagonal = diagonal.real
+    difference = mean_a - mean_b
+    distance = (float(difference @ difference) + float(np.trace(cov_a))
+                + float(np.trace(cov_b)) - 2.0 * float(diagonal.sum()))
+    return max(distance, 0.0)

@@ -1,4 +1,11 @@
-"""Layer-wise SGD with the beta-modified momentum of Etienne et al. (SMM 2018), eq. 6."""
+"""Layer-wise SGD with the beta-modified momentum of Etienne et al. (2018), eq. 6.
+
+Etienne et al. (Sec. 3.1) saw much larger gradients on the convolution weights than on
+the Bi-LSTM's (their Fig. 3) and tried separate learning rates, momenta and a new
+factor beta per layer group, but "were not able to draw any definite conclusion in
+favor of layer-wise adjustment". Their results use SGD with momentum (Sec. 3); the
+layer-wise optimiser is offered here as the option they describe.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +26,8 @@ class LayerwiseSGD(keras.optimizers.Optimizer):
 
     where ``(eta, gamma, beta)`` are those of the variable's group. With ``beta = 1``
     this is Keras' (non-Nesterov) SGD with momentum; beta scales the step without
-    changing how fast the velocity forgets, which is how Etienne et al. slow the
-    recurrent layers relative to the convolutions.
+    changing how fast the velocity forgets ("does not accumulate in the velocity",
+    Sec. 3.1).
 
     A variable belongs to the first group whose ``match`` string occurs in its path
     (``variable.path``, e.g. ``"crnn/conv_block_0/conv/kernel"``); variables of no
@@ -42,7 +49,7 @@ class LayerwiseSGD(keras.optimizers.Optimizer):
 
     Reference:
         Etienne et al., "CNN+LSTM Architecture for Speech Emotion Recognition with Data
-        Augmentation", SMM 2018, Sec. 3.4, eq. 6.
+        Augmentation", 2018, Sec. 3.1, eq. 6.
     """
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.9, beta: float = 1.0,
@@ -111,7 +118,7 @@ def crnn_optimizer(conv_lr: float = 0.01, recurrent_lr: float = 0.01, dense_lr: 
     recurrent layers, and the classifier (ungrouped).
 
     Reference:
-        Etienne et al., SMM 2018, Sec. 3.4 (separate rates and momenta for the
+        Etienne et al. 2018, Sec. 3.1 (separate rates and momenta for the
         convolutional and recurrent parts).
     """
     from keras_ser.models.crnn import LAYER_GROUPS

@@ -1,19 +1,22 @@
-"""Fixed-size log-mel patches of whole corpora held in memory (SN-GAN training and scoring).
+"""Fixed-size log-mel patches of whole corpora held in memory (SN-GAN training).
 
-Eskimez et al. (Interspeech 2020, Sec. 3.1) train on 128 x 128 patches of log-mel
+Eskimez et al. (Interspeech 2020, Sec. 4.2) train on 128 x 128 patches of log-mel
 spectrograms (32 ms window, 16 ms hop, 512-point FFT, 128 mel bands) min-max normalised
-to [-1, 1] with the minimum and maximum of the combined corpora, and score a test file by
-sliding a patch-wide window with a hop of 32 frames and averaging the window
-probabilities. A `PatchBank` computes every utterance's log-mel once (in the graph, with
+to [-1, 1] with the minimum and maximum of the combined corpora. A `PatchBank` computes
+every utterance's log-mel once (in the graph, with
 `keras_ser.features.log_mel_spectrogram`, the code the exported models use), then serves
 
-* `PatchBank.dataset`: an endless ``tf.data`` stream of random patches (uniform over
-  utterances, then over start frames), with the utterance's emotion index;
-* `PatchBank.windows`: every utterance's sliding windows for scoring;
+* `PatchBank.dataset`: a ``tf.data`` stream of random patches (uniform over
+  utterances, then over start frames: our choice, the paper does not say how patches
+  are drawn), with the utterance's emotion index, drawn per
+  epoch from seeds of ``(seed, epoch)``;
 * `PatchBank.sample`: a fixed random set of patches (for Fréchet distances and grids).
 
+Scoring does not use patches: the test files go through `keras_ser.scoring`, the
+sliding windows of the exported model.
+
 Utterances shorter than a patch are padded at the end with -1, the normalised minimum
-(the quietest value the features take).
+(the quietest value the features take; our choice).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tensorflow as tf
 
 from keras_ser import data as kdata
 from keras_ser import features as kfeatures
+from keras_ser import seeds
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -151,11 +155,6 @@ class PatchBank:
         return (float(min(m.min() for m in self.mels)),
                 float(max(m.max() for m in self.mels)))
 
-    def class_counts(self, n_classes: int) -> np.ndarray:
-        """Utterances per emotion index."""
-        return np.bincount(self.labels[self.labels >= 0], minlength=n_classes)
-
-    # -- patches ----------------------------------------------------------------------------
     @staticmethod
     def normalise(mel: np.ndarray, minmax: tuple) -> np.ndarray:
         """Min-max map of dB values to [-1, 1] (values outside ``minmax`` are clipped)."""
@@ -185,8 +184,9 @@ class PatchBank:
         return (out, self.labels[which]) if labels else out
 
     def dataset(self, batch_size: int, width: int, minmax: tuple, seed: int = 0,
-                balance: bool = False) -> tf.data.Dataset:
-        """Endless batches ``{"features": (batch, width, n_mels), "label": (batch,)}``.
+                balance: bool = False, epochs: tuple | None = None,
+                steps: int | None = None) -> tf.data.Dataset:
+        """Batches ``{"features": (batch, width, n_mels), "label": (batch,)}``.
 
         Args:
             batch_size: Patches per batch.
@@ -195,40 +195,46 @@ class PatchBank:
             seed: Sampling seed.
             balance: Draw the emotion uniformly first, then an utterance of it
                 (labelled banks only); default: utterances uniformly.
+            epochs: ``(first, stop)``: ``steps`` batches for each epoch of the range,
+                each epoch drawn from a generator seeded by ``(seed, epoch)`` (a resumed
+                run draws what an uninterrupted one draws); ``None``: an endless stream.
+            steps: Batches per epoch (required with ``epochs``).
+
+        Raises:
+            ValueError: ``epochs`` without ``steps``.
         """
+        if epochs is not None and not steps:
+            raise ValueError("PatchBank.dataset: epochs needs steps (batches per epoch)")
         normed = self._normalised(minmax)
         labels = self.labels
         by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
         by_class = [idx for idx in by_class if len(idx)]
 
+        def draw(rng):
+            if balance:
+                which = np.array([rng.choice(by_class[k]) for k in
+                                  rng.integers(0, len(by_class), batch_size)])
+            else:
+                which = rng.integers(0, len(normed), batch_size)
+            starts = [int(rng.integers(0, max(1, len(normed[i]) - width + 1))) for i in which]
+            return {"features": np.stack([self._cut(normed[i], s, width)
+                                          for i, s in zip(which, starts)]),
+                    "label": labels[which].astype(np.int32)}
+
         def batches():
-            rng = np.random.default_rng(seed)
-            while True:
-                if balance:
-                    which = np.array([rng.choice(by_class[k]) for k in
-                                      rng.integers(0, len(by_class), batch_size)])
-                else:
-                    which = rng.integers(0, len(normed), batch_size)
-                starts = [int(rng.integers(0, max(1, len(normed[i]) - width + 1)))
-                          for i in which]
-                yield {"features": np.stack([self._cut(normed[i], s, width)
-                                             for i, s in zip(which, starts)]),
-                       "label": labels[which].astype(np.int32)}
+            if epochs is None:
+                rng = np.random.default_rng(seed)
+                while True:
+                    yield draw(rng)
+            for epoch in range(*epochs):
+                rng = np.random.default_rng(seeds.derive(seed, epoch))
+                for _ in range(steps):
+                    yield draw(rng)
 
         spec = {"features": tf.TensorSpec([batch_size, width, self.n_mels], tf.float32),
                 "label": tf.TensorSpec([batch_size], tf.int32)}
-        return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(AUTOTUNE)
-
-    def windows(self, width: int, hop: int, minmax: tuple) -> tuple:
-        """Sliding windows of every utterance: ``(patches (m, width, n_mels), owner (m,))``.
-
-        A window starts every ``hop`` frames while it fits; an utterance shorter than
-        ``width`` gives one padded window (Eskimez et al. 2020, Sec. 3.3: hop 32 frames).
-        """
-        patches, owner = [], []
-        for i, mel in enumerate(self._normalised(minmax)):
-            starts = range(0, max(1, len(mel) - width + 1), hop)
-            for s in starts:
-                patches.append(self._cut(mel, s, width))
-                owner.append(i)
-        return np.stack(patches), np.asarray(owner, np.int64)
+        ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+        if epochs is not None:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(
+                steps * max(0, epochs[1] - epochs[0])))
+        return ds.prefetch(AUTOTUNE)

@@ -9,9 +9,9 @@ and values go through matplotlib's perceptual 'magma' colormap.
 Watching a fixed batch of noise vectors turn into spectrograms epoch after epoch is the
 standard check on a generator: sample grids of this kind follow the practice of Radford
 et al. (2016, "Unsupervised representation learning with deep convolutional generative
-adversarial networks", ICLR: DCGAN), and grids of generated spectrograms are what Chang &
-Scherer (2017, ICASSP) and Eskimez et al. (2020, "GAN-based data generation for speech
-emotion recognition", Interspeech, Fig. 2) show. `SpectrogramGridCallback` writes such a
+adversarial networks", ICLR: DCGAN), and Eskimez et al. (2020, "GAN-based data
+generation for speech emotion recognition", Interspeech, Fig. 2) show generated
+spectrograms beside real ones. `SpectrogramGridCallback` writes such a
 grid to TensorBoard and to PNG files.
 
 Figures are drawn with `matplotlib.figure.Figure` and the Agg canvas, never through
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 
 import keras
 import matplotlib
@@ -33,6 +32,8 @@ import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+from keras_ser import io
 
 #: Colour of the gaps between tiles and of empty grid cells (mid grey, neutral to 'magma').
 GAP_COLOUR = (128, 128, 128)
@@ -78,8 +79,7 @@ def spectrogram_grid(images, cols: int | None = None, gap: int = 2) -> np.ndarra
     clipped to [-1, 1] (never wrapped) and mapped through matplotlib's 'magma' colormap,
     -1 to its dark end and +1 to its bright end; NaN pixels are drawn in `GAP_COLOUR`.
     This is the sample grid of Radford et al. 2016 (DCGAN) practice, and the kind of
-    grid of generated spectrograms that Chang & Scherer 2017 and Eskimez et al. 2020
-    (Fig. 2) show.
+    grid of generated spectrograms that Eskimez et al. 2020 (Fig. 2) show.
 
     Args:
         images: ``(n, frames, mels)`` or ``(n, frames, mels, 1)`` array-like (NumPy
@@ -119,30 +119,6 @@ def spectrogram_grid(images, cols: int | None = None, gap: int = 2) -> np.ndarra
     return grid
 
 
-def _atomic_write(path, write) -> str:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    # os.open with mode 0o666 honours the umask, unlike tempfile's private 0o600 files.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def save_png(rgb, path) -> str:
     """Write an RGB image as a PNG file, atomically, creating parent folders.
 
@@ -163,14 +139,13 @@ def save_png(rgb, path) -> str:
     if array.dtype != np.uint8:
         raise ValueError(f"rgb must be uint8, got dtype {array.dtype}")
     image = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+    return io.atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _save_figure(figure: Figure, path) -> str:
     """Render ``figure`` with the Agg canvas to ``path`` as PNG, atomically."""
     FigureCanvasAgg(figure)
-    return _atomic_write(path, lambda handle: figure.savefig(handle, format="png",
-                                                             dpi=_DPI))
+    return io.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=_DPI))
 
 
 def _format_count(value: float) -> str:
@@ -381,8 +356,7 @@ class SpectrogramGridCallback(keras.callbacks.Callback):
     (0-based) and/or as ``png_dir/{tag}_epoch{epoch + 1:03d}.png``. Because the noise
     (and conditions) are fixed, the grids of successive epochs show the same latent
     points and can be compared directly, as in the sample grids of Radford et al. 2016
-    (DCGAN) and the generated spectrograms of Chang & Scherer 2017 and Eskimez et al.
-    2020 (Fig. 2).
+    (DCGAN); Eskimez et al. 2020 (Fig. 2) show generated spectrograms of this kind.
 
     Only `on_epoch_end` is implemented; the callback does not use ``self.model``, so the
     generator may be a sub-model of the GAN being trained.

@@ -1,15 +1,16 @@
 """KerasTuner random search over the hyper-parameters Chang & Scherer (2017) searched.
 
-The paper (Sec. 3.3) picks, per model, the crop width, the conv filter size (tied to
-the crop width), the number of filters, the batch size and the learning rate by random
-search, with validation accuracy as the objective. `DCGANHyperModel` does this with
-KerasTuner's `RandomSearch`: every trial trains one model with the full protocol of
-`keras_ser.training.protocol.train_fold` (early stopping on the validation speaker)
-on a single search fold, and reports the best validation UA. The test speaker of that
-fold is never scored during the search.
+The paper (Sec. "Experimental Design") picks, per model, the crop width, the conv filter
+size (tied to the crop width), the number of filters, the batch size and the learning
+rate by random search, with validation accuracy as the objective. `DCGANHyperModel`
+does this with KerasTuner's `RandomSearch`: every trial trains one model with the full
+protocol of `keras_ser.protocols.multitask_dcgan.train_fold` (early stopping on the
+validation speaker) on a single search fold and reports the best validation UA. The
+test speaker of that fold is never scored during the search.
 
-The ranges are data (`SEARCH_SPACES`); the paper does not list them, so these are ours:
-crops of 1-4 s at the ``chang`` 32 ms hop, filters in steps of 4.
+The ranges are data (`SEARCH_SPACES`). The paper lists them, but the text we have lost
+them; only "number of convolutional filters (step size 4)" survives, so filters move in
+steps of 4 and the bounds are ours: crops of 1-4 s at the ``chang`` 32 ms hop.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import keras_tuner as kt
 
+from keras_ser import io
 from keras_ser.models import dcgan
 
 OBJECTIVE = "val_primary_ua"
@@ -75,46 +77,54 @@ class DCGANHyperModel(kt.HyperModel):
         model: One of `keras_ser.models.dcgan.MODELS`.
         base: Preset whose other fields stay fixed.
         space: `SearchSpace`.
-        fold: The search fold (its validation speaker scores the trial).
-        records, corpus, spec: As `keras_ser.training.protocol.train_fold`.
+        fold: The search fold (its validation speaker scores the trial; its test speaker
+            is never scored during the search).
+        records, corpus: As `keras_ser.protocols.multitask_dcgan.train_fold`.
         trial_dir: Folder holding one sub-folder per trial configuration.
         max_epochs, patience, seed, unlabelled, minmax: Passed to ``train_fold``.
     """
 
     def __init__(self, model: str, base: dcgan.DCGANConfig, space: SearchSpace, fold,
-                 records: str, corpus, spec, trial_dir: str, *, max_epochs: int = 30,
-                 patience: int = 5, seed: int = 0,
-                 unlabelled: Optional[Sequence[str]] = None, minmax=None, verbose=0):
+                 records: str, corpus, trial_dir: str, *, minmax: tuple,
+                 max_epochs: int = 30, patience: int = 5, seed: int = 0,
+                 unlabelled: Sequence[str] = (), verbose=0):
         super().__init__(name=model)
         self.model_name = model
         self.base, self.space, self.fold = base, space, fold
-        self.records, self.corpus, self.spec = records, corpus, spec
+        self.records, self.corpus = records, corpus
         self.trial_dir = trial_dir
         self.max_epochs, self.patience, self.seed = max_epochs, patience, seed
         self.unlabelled, self.minmax, self.verbose = unlabelled, minmax, verbose
 
     def build(self, hp):
         """The compiled trainer of the sampled configuration (KerasTuner API)."""
-        from keras_ser.training import protocol
+        from keras_ser.protocols import multitask_dcgan as protocol
 
         return protocol.build_trainer(self.model_name, sample_config(hp, self.base, self.space),
-                                      self.spec, self.seed)
+                                      self.corpus.spec, self.seed)
 
     def fit(self, hp, model, *args, **kwargs):
         """Train one fold with the sampled configuration; return the best validation UA.
 
         Each configuration trains in its own resumable folder (named by a hash of the
-        configuration), so an interrupted search continues where it stopped.
+        configuration) whose ``result.json`` is read back, so an interrupted search
+        continues where it stopped.
         """
-        from keras_ser.training import protocol
+        from keras_ser.protocols import multitask_dcgan as protocol
 
         config = sample_config(hp, self.base, self.space)
         key = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
-        result = protocol.train_fold(
-            self.model_name, config, self.fold, self.records, self.corpus, self.spec,
-            os.path.join(self.trial_dir, key[:12]), max_epochs=self.max_epochs,
-            patience=self.patience, seed=self.seed, unlabelled=self.unlabelled,
-            verbose=self.verbose, minmax=self.minmax, trainer=model)
+        folder = os.path.join(self.trial_dir, key[:12])
+        done = os.path.join(folder, "result.json")
+        if os.path.isfile(done):
+            result = io.read_json(done)
+        else:
+            result = protocol.train_fold(
+                self.model_name, config, self.fold, self.records, self.corpus, folder,
+                minmax=self.minmax, max_epochs=self.max_epochs, patience=self.patience,
+                seed=self.seed, unlabelled=self.unlabelled, verbose=self.verbose,
+                trainer=model)
+            io.write_json(done, result)
         return {OBJECTIVE: result["validation"]["primary_ua"]}
 
 
@@ -124,8 +134,8 @@ def random_search(hypermodel: DCGANHyperModel, directory: str, max_trials: int,
 
     Args:
         hypermodel: `DCGANHyperModel`.
-        directory: Tuner folder; ``best.json`` (hyper-parameters, config, score) is
-            written there. Re-running with the same folder resumes finished trials.
+        directory: Tuner folder; ``<model>/best.json`` (hyper-parameters, config, score)
+            is written there. Re-running with the same folder resumes finished trials.
         max_trials: Trials to run in total.
         seed: Seed of the random search.
 
@@ -133,8 +143,8 @@ def random_search(hypermodel: DCGANHyperModel, directory: str, max_trials: int,
         ``(DCGANConfig, best hyper-parameter dict, best validation UA)``.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 3.3; Bergstra & Bengio, JMLR 2012 (random
-        search).
+        Chang & Scherer, ICASSP 2017, Sec. "Experimental Design"; Bergstra & Bengio,
+        JMLR 2012 (random search).
     """
     tuner = kt.RandomSearch(hypermodel, objective=kt.Objective(OBJECTIVE, direction="max"),
                             max_trials=max_trials, seed=seed, directory=directory,
@@ -142,12 +152,28 @@ def random_search(hypermodel: DCGANHyperModel, directory: str, max_trials: int,
     tuner.search()
     best = tuner.oracle.get_best_trials(1)[0]
     config = sample_config(best.hyperparameters, hypermodel.base, hypermodel.space)
-    document = {"model": hypermodel.model_name, "hyperparameters": best.hyperparameters.values,
-                "config": config.to_dict(), OBJECTIVE: best.score,
-                "trials": len(tuner.oracle.trials), "search_fold": hypermodel.fold.name}
-    path = os.path.join(directory, hypermodel.model_name, "best.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=1)
-    os.replace(tmp, path)
+    io.write_json(os.path.join(directory, hypermodel.model_name, "best.json"), {
+        "model": hypermodel.model_name, "hyperparameters": best.hyperparameters.values,
+        "config": config.to_dict(), OBJECTIVE: best.score,
+        "trials": len(tuner.oracle.trials), "search_fold": hypermodel.fold.name})
     return config, best.hyperparameters.values, best.score
+
+
+def search_model(model: str, base: dcgan.DCGANConfig, preset: str, fold, records: str,
+                 corpus, directory: str, settings, minmax: tuple,
+                 unlabelled: Sequence[str] = (), seed: int = 0) -> dcgan.DCGANConfig:
+    """`random_search` of one model with the preset's `SEARCH_SPACES` entry; prints and
+    returns the best configuration.
+
+    Args:
+        settings: Schedule with ``max_epochs``, ``patience`` and ``max_trials``.
+        Others: As `DCGANHyperModel`.
+    """
+    hyper = DCGANHyperModel(model, base, SEARCH_SPACES[preset], fold, records, corpus,
+                            os.path.join(directory, "trials", model), minmax=minmax,
+                            max_epochs=settings.max_epochs, patience=settings.patience,
+                            seed=seed, unlabelled=unlabelled)
+    config, hp, score = random_search(hyper, directory, settings.max_trials, seed=seed)
+    print(f"{model}: best of {settings.max_trials} trials {hp} (validation UA "
+          f"{100 * score:.1f}%)")
+    return config

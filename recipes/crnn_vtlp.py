@@ -1,114 +1,71 @@
-"""CNN + BiLSTM with VTLP (Etienne et al., SMM 2018), speaker-independent cross-validation.
+"""CNN + BiLSTM with VTLP (Etienne et al. 2018), speaker-independent cross-validation.
 
     python recipes/crnn_vtlp.py                        # built-in smoke-test corpus
     python recipes/crnn_vtlp.py --corpus emodb --data ../shared/data/emodb --preset cpu \\
         --variants oversampling,vtlp
     python recipes/crnn_vtlp.py --corpus iemocap --data IEMOCAP_full_release --preset paper
 
-Method (the paper's Secs. 3-4, one step per block below):
+Method (the paper's Secs. 2-3; `main` follows it):
 
-1. Data. The corpus is converted to TFRecords (`tfrecords_tools`). Log-mel spectrograms
-   (64 ms window, 32 ms shift, 128 mel bands up to 4 kHz, or 8 kHz for the ``8khz``
-   row) are computed in the graph, zero-padded per batch with each utterance's length
-   carried along, and z-scored with the training speakers' mean and standard
-   deviation (eq. 2). IEMOCAP: improvised dialogs, four emotions (neutral, happiness,
-   anger, sadness).
+1. Data. Log-mel spectrograms (64 ms window, 32 ms shift, up to 4 kHz, or 8 kHz for the
+   ``8khz`` row; 128 mel bands, our choice) computed in the graph, zero-padded per batch
+   with each utterance's length carried along (the masking of Sec. 3), z-scored with the
+   training speakers' mean and deviation (eq. 2; the paper uses the whole dataset's).
+   IEMOCAP: improvised dialogs, four emotions (neutral, happiness, anger, sadness).
 2. Folds. IEMOCAP: for each session one speaker validates and the other tests, and the
-   swap (10 folds). Other corpora: leave one speaker out, the next speaker validates.
-3. Model. 4 convolution blocks without pooling, 1 BiLSTM with recurrent batch norm,
-   masked mean over time, dense softmax (`keras_ser.models.crnn`);
-   ``--conv-layers`` 1-6 and ``--lstm-layers`` 1-4 give the paper's Table 2 grid.
-4. Training. Layer-wise SGD with the beta-modified momentum of eq. 6, batch 16, L2
-   weight regularisation; the epoch of best validation UA is kept.
-5. Ablation (paper Table 1), one row per ``--variants`` entry, each adding one
-   technique: ``baseline``; ``oversampling`` (happiness and anger twice);
-   ``vtlp_epoch`` (one warp factor per epoch); ``vtlp`` (a factor per example in
-   training and validation, test-time majority vote over alpha = 0.90, 0.92, ..., 1.10);
-   ``8khz``.
-6. Results. ``results.json`` and ``results.md``: the ablation table (WA and UA,
-   mean ± std over folds) and the per-fold table (paper Table 2 layout); per fold
-   TensorBoard logs with the gradient norm of each layer group (Figure 3), the
-   checkpoint and ``model.keras``.
+   swap (10 folds, female test first as in Table 2). Other corpora: leave one speaker
+   out, the next speaker validates.
+3. Model. 4 convolution blocks without pooling, 1 BiLSTM, masked mean over time, dense
+   softmax (`keras_ser.models.crnn`); ``--conv-layers`` 1-6 and ``--lstm-layers`` 1-4.
+4. Training. SGD with momentum, batch 16, L2 regularisation; the epoch of best
+   validation UA is kept (`keras_ser.protocols.crnn`).
+5. Ablation, one row per ``--variants`` entry: Table 1 (default) ``baseline``,
+   ``oversampling`` (happiness and anger twice), ``vtlp`` (a warp per example in training
+   and validation, majority vote over alpha = 0.90, ..., 1.10 at test), ``8khz`` (the best
+   model); Table 3 ``recurrent_bn_16/32/64`` (the best model with recurrent batch norm);
+   and ``vtlp_epoch`` (one warp per epoch), ``layerwise`` (eq. 6).
+6. Results. ``results.json``/``results.md``: WA, UA and macro-F1 (mean ± std over
+   folds) and the per-fold table; TensorBoard logs with each layer group's gradient norm
+   (Figure 3); the best row's model exported as a SavedModel (with its 11-copy vote when
+   the row uses it).
 
-Everything lands under ``--out``; re-running the same command resumes: finished folds
-are read back and an interrupted fold continues from its last finished epoch.
+Everything lands under ``--out``; re-running the same command resumes exactly.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
 
-from keras_ser import data, folds as kfolds, metrics
-from keras_ser.models import crnn
-from keras_ser.training import crnn as tcrnn
-from keras_ser.training.callbacks import atomic_json
-from tfrecords_tools import synthetic, writer as twriter
+import keras
 
-#: Emotions of the IEMOCAP protocol (improvised dialogs only).
+from keras_ser import data, experiment
+from keras_ser.experiment import Metric, Schedule
+from keras_ser.models import crnn
+from keras_ser.protocols import crnn as protocol
+
+#: Emotions of the IEMOCAP protocol (improvised dialogs only; Sec. 1.1).
 IEMOCAP_CLASSES = ("neutral", "happiness", "anger", "sadness")
-#: Epoch budgets per preset (the best validation epoch is kept).
-MAX_EPOCHS = {"cpu": 15, "paper": 60}
-#: Epoch budget on the smoke-test corpus: it only shows the pipeline runs.
-SMOKE_MAX_EPOCHS = 3
-#: Default rows: the paper's Table 1.
-DEFAULT_VARIANTS = "baseline,oversampling,vtlp,8khz"
+COLUMNS = [Metric("wa", "WA"), Metric("ua", "UA"), Metric("macro_f1", "macro-F1"),
+           Metric("single_ua", "UA, unwarped test copy alone")]
+
+
+#: Schedules per preset (none of these values is in the paper, but batch 16); ``smoke``
+#: only shows the pipeline runs.
+SCHEDULES = {"paper": Schedule(max_epochs=60, patience=8, batch_size=16),
+             "cpu": Schedule(max_epochs=15, patience=8, batch_size=16),
+             "smoke": Schedule(max_epochs=3, patience=8, batch_size=16)}
 
 
 def parse_args(argv=None):
     """Command-line options (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", default=None,
-                   help="reader name (emodb, iemocap, ...); default: the built-in smoke-test "
-                        "corpus when --data is not given")
-    p.add_argument("--data", default=None,
-                   help="corpus folder as released, or a record folder from the converter")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated emotions (default: IEMOCAP's four, else all)")
-    p.add_argument("--preset", choices=sorted(crnn.CRNN_PRESETS), default="cpu")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS,
-                   help=f"comma-separated ablation rows from {','.join(tcrnn.VARIANTS)}")
-    p.add_argument("--folds", default=None,
-                   help="a number N (the first N folds) or comma-separated test speakers")
+    p = experiment.parser(__doc__, crnn.CRNN_PRESETS,
+                          ("variants", tuple(protocol.VARIANTS), ",".join(protocol.TABLE_1)))
     p.add_argument("--conv-layers", type=int, default=None, help="1-6 (default 4)")
     p.add_argument("--lstm-layers", type=int, default=None, help="1-4 (default 1)")
-    p.add_argument("--max-epochs", type=int, default=None,
-                   help=f"epoch budget (default {MAX_EPOCHS} by preset; {SMOKE_MAX_EPOCHS} "
-                        "on the smoke-test corpus)")
-    p.add_argument("--patience", type=int, default=8,
-                   help="epochs without a new best validation UA before stopping")
-    p.add_argument("--batch-size", type=int, default=16, help="paper: 16")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default runs/crnn-<corpus>-<preset>)")
-    p.add_argument("--verbose", type=int, default=None,
-                   help="Keras fit verbosity (default: progress bar on a terminal, else 2)")
+    Schedule.add_options(p, ("max_epochs", "patience", "batch_size"))
     return p.parse_args(argv)
-
-
-def select_folds(fold_list: list, chosen) -> list:
-    """The first N folds (``chosen`` a number) or those testing the named speakers.
-
-    Raises:
-        ValueError: An unknown speaker or a count outside 1..len(fold_list).
-    """
-    if chosen is None:
-        return fold_list
-    chosen = str(chosen)
-    if chosen.isdigit():
-        n = int(chosen)
-        if not 1 <= n <= len(fold_list):
-            raise ValueError(f"--folds {n}: choose 1..{len(fold_list)}")
-        return fold_list[:n]
-    names = [c.strip() for c in chosen.split(",") if c.strip()]
-    known = {f.test[0]: f for f in fold_list}
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise ValueError(f"--folds: no fold tests {bad}; test speakers are {sorted(known)}")
-    return [known[n] for n in names]
 
 
 def improvised_labels(records: str, classes) -> dict:
@@ -118,180 +75,92 @@ def improvised_labels(records: str, classes) -> dict:
             if "impro" in r["utterance_id"] and r["emotion"] in index}
 
 
-def _cell(values) -> str:
-    return metrics.format_mean_std(values) if values else "–"
+def configure(args, corpus, classes, variants) -> tuple:
+    """``(model config, {variant: (TrainConfig, CRNNConfig)}, Schedule)`` of the run.
 
-
-def summarise(results: list, variants: list) -> dict:
-    """Per variant: WA, UA, macro-F1 per fold with mean and std (population)."""
-    out = {}
-    for v in variants:
-        rows = [r for r in results if r["variant"] == v]
-        entry = {"folds": [r["fold"] for r in rows]}
-        for key in ("wa", "ua", "macro_f1"):
-            values = [float(r["test"][key]) for r in rows]
-            mean, std = metrics.mean_std(values) if values else (float("nan"),) * 2
-            entry[key] = {"folds": values, "mean": mean, "std": std}
-        single = [float(r["test_single"]["ua"]) for r in rows if "test_single" in r]
-        if single:
-            entry["ua_single_copy"] = dict(zip(("mean", "std"), metrics.mean_std(single)),
-                                           folds=single)
-        entry["epochs"] = [r["epochs"] for r in rows]
-        entry["train_seconds"] = sum(r["train_seconds"] for r in rows)
-        out[v] = entry
-    return out
-
-
-def markdown(results: list, variants: list, summary: dict) -> str:
-    """The ablation table (paper Table 1) and the per-fold table (paper Table 2)."""
-    lines = ["## Ablation (test, mean ± std over folds, %)", "",
-             "| Variant | WA | UA | macro-F1 | folds |", "|---|---|---|---|---|"]
-    for v in variants:
-        s = summary[v]
-        lines.append(f"| {tcrnn.VARIANT_TITLES[v]} | {_cell(s['wa']['folds'])} | "
-                     f"{_cell(s['ua']['folds'])} | {_cell(s['macro_f1']['folds'])} | "
-                     f"{len(s['folds'])} |")
-    for v in variants:
-        if "ua_single_copy" in summary[v]:
-            lines += ["", f"{tcrnn.VARIANT_TITLES[v]}: UA of the unwarped test copy alone "
-                          f"{_cell(summary[v]['ua_single_copy']['folds'])} (vote over 11 "
-                          f"copies: {_cell(summary[v]['ua']['folds'])})."]
-    folds = list(dict.fromkeys(r["fold"] for r in results))
-    lines += ["", "## Per fold (test WA / UA, %)", "",
-              "| Fold | validation | test | " + " | ".join(
-                  tcrnn.VARIANT_TITLES[v] for v in variants) + " |",
-              "|---|---|---|" + "---|" * len(variants)]
-    for fold in folds:
-        hits = {r["variant"]: r for r in results if r["fold"] == fold}
-        first = next(iter(hits.values()))
-        cells = [f"{100 * hits[v]['test']['wa']:.1f} / {100 * hits[v]['test']['ua']:.1f}"
-                 if v in hits else "–" for v in variants]
-        lines.append(f"| {fold} | {','.join(first['validation_speakers'])} | "
-                     f"{','.join(first['test_speakers'])} | " + " | ".join(cells) + " |")
-    mean_cells = [f"{100 * summary[v]['wa']['mean']:.1f} / {100 * summary[v]['ua']['mean']:.1f}"
-                  for v in variants]
-    lines.append("| **mean** | | | " + " | ".join(mean_cells) + " |")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """Run the recipe; returns the exit status (0, or 2 for bad options or data)."""
-    args = parse_args(argv)
-    start = time.time()
-    smoke = args.data is None
-    corpus = "smoke" if smoke else args.corpus
-    if corpus is None:
-        print("error: --data needs --corpus (a reader name)", file=sys.stderr)
-        return 2
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in tcrnn.VARIANTS]
-    if bad or not variants:
-        print(f"error: unknown variant(s) {bad}; choose from {list(tcrnn.VARIANTS)}",
-              file=sys.stderr)
-        return 2
-    out = args.out or os.path.join("runs", f"crnn-{corpus}-{args.preset}")
-    os.makedirs(out, exist_ok=True)
-
-    # 1. Data.
+    Raises:
+        experiment.BadInput: Sizes out of range.
+    """
+    settings = SCHEDULES["smoke" if corpus.smoke else args.preset].override(args)
+    overrides = {k: v for k, v in (("conv_layers", args.conv_layers),
+                                   ("lstm_layers", args.lstm_layers)) if v is not None}
     try:
-        records = (synthetic.smoke_records(out) if smoke
-                   else twriter.records_for(corpus, args.data, out))
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    with open(os.path.join(records, "stats.json"), encoding="utf-8") as f:
-        stats = json.load(f)
-    available = sorted(k for k, v in stats["emotion"].items() if v > 0)
-    if args.classes:
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    elif corpus == "iemocap":
-        classes = list(IEMOCAP_CLASSES)
-    else:
-        classes = available
-    missing = [c for c in classes if c not in available]
-    if missing or len(classes) < 2:
-        print(f"error: classes {missing or classes} not usable; {records} has {available}",
-              file=sys.stderr)
-        return 2
-    labels = improvised_labels(records, classes) if corpus == "iemocap" else None
-
-    # 2. Folds.
-    scheme = "loso-session-swap" if corpus == "iemocap" else "loso-speaker"
-    try:
-        fold_list = kfolds.folds_from_stats(stats, scheme)
-        kfolds.save_folds(os.path.join(out, "folds.json"), fold_list, scheme, corpus=corpus)
-        fold_list = select_folds(fold_list, args.folds or ("2" if smoke else None))
-        overrides = {"num_classes": len(classes)}
-        if args.conv_layers is not None:
-            overrides["conv_layers"] = args.conv_layers
-        if args.lstm_layers is not None:
-            overrides["lstm_layers"] = args.lstm_layers
-        model_config = crnn.get_config(args.preset, **overrides)
-        max_epochs = args.max_epochs or (SMOKE_MAX_EPOCHS if smoke else MAX_EPOCHS[args.preset])
-        base = tcrnn.TrainConfig(max_epochs=max_epochs, patience=args.patience,
-                                 batch_size=args.batch_size, seed=args.seed)
-        configs = {v: tcrnn.variant_config(v, base, classes) for v in variants}
+        model = crnn.get_config(args.preset, num_classes=len(classes), **overrides)
+        train = protocol.TrainConfig(max_epochs=settings.max_epochs, patience=settings.patience,
+                                     batch_size=settings.batch_size, seed=args.seed)
+        rows = {v: protocol.variant_config(v, train, model, classes) for v in variants}
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    atomic_json(os.path.join(out, "config.json"), {
-        "argv": sys.argv[1:] if argv is None else list(argv), "corpus": corpus,
-        "records": records, "classes": classes, "protocol": scheme,
-        "improvised_only": labels is not None, "folds": [f.name for f in fold_list],
-        "preset": args.preset, "model_config": model_config.to_dict(),
-        "variants": {v: c.to_dict() for v, c in configs.items()},
-        "smoke_test_corpus": smoke})
-    print(f"{corpus}: {stats['records']} records, classes {classes}, {len(fold_list)} folds "
-          f"({scheme}), variants {variants}, preset {args.preset}", flush=True)
+        raise experiment.BadInput(str(err)) from None
+    return model, rows, settings
 
-    # 3-5. Train and test every (variant, fold).
-    results, fold_stats = [], {}
-    for v in variants:
-        config = configs[v]
-        for k, fold in enumerate(fold_list):
-            print(f"[{v}] fold {k + 1}/{len(fold_list)} {fold.name}: validate on "
-                  f"{','.join(fold.validation)}, test on {','.join(fold.test)}", flush=True)
-            key = (fold.name, config.features)
-            fold_dir = os.path.join(out, "runs", v, fold.name)
-            if key not in fold_stats and not os.path.isfile(
-                    os.path.join(fold_dir, "result.json")):
-                fold_stats[key] = tcrnn.fold_statistics(records, fold.train, classes,
-                                                        config.features, labels)
-            result = tcrnn.train_fold(model_config, config, fold, records, classes, fold_dir,
-                                      labels=labels, stats=fold_stats.get(key),
-                                      verbose=verbose)
-            result["variant"] = v
-            print(f"  epochs {result['epochs']} (best {result['best_epoch']}), test WA "
-                  f"{100 * result['test']['wa']:.1f}%, UA {100 * result['test']['ua']:.1f}%, "
-                  f"{result['train_seconds']:.0f} s", flush=True)
-            results.append(result)
 
+def export_best(out, summary, results, rows, classes, corpus):
+    """Export the row with the best mean UA, from its best validation fold."""
+    best = max(summary, key=lambda r: summary[r]["ua"]["mean"])
+    fold = max((r for r in results if r["row"] == best), key=lambda r: r["validation"]["ua"])
+    config = rows[best][0]
+    model = keras.models.load_model(os.path.join(out, "runs", best, fold["fold"], "model.keras"))
+    front = protocol.front_end(config, fold["normalisation"], vote=config.vtlp == "example")
+    experiment.export(out, "crnn", model, front, classes, {
+        "recipe": "crnn_vtlp", "variant": best, "fold": fold["fold"], "corpus": corpus.name})
+
+
+@experiment.recipe_main
+def main(argv=None) -> int:
+    """Run the recipe; returns the exit status (0; 2 for bad options or data)."""
+    args, started = parse_args(argv), time.time()
+    variants = experiment.rows_of(args.variants, tuple(protocol.VARIANTS), "variants")
+    out = experiment.out_dir(args, "crnn")
+    # 1. Data.
+    corpus = experiment.load_corpus(args, out)
+    iemocap = corpus.name == "iemocap"
+    classes = experiment.choose_classes(corpus, args.classes,
+                                        IEMOCAP_CLASSES if iemocap else None)
+    labels = improvised_labels(corpus.records, classes) if iemocap else None
+    utterances = data.Utterances(corpus.records, classes=classes, labels=labels)
+    # 2. Folds (Table 2 tests the female speaker of a session first).
+    scheme = "loso-session-swap" if iemocap else "loso-speaker"
+    folds = experiment.choose_folds(corpus, scheme, args.folds or ("2" if corpus.smoke else None),
+                                    out, **({"validation_gender": "male"} if iemocap else {}))
+    # 3-4. Model and training settings of each ablation row.
+    model, rows, settings = configure(args, corpus, classes, variants)
+    experiment.write_config(out, args, argv, corpus, classes=classes, protocol=scheme,
+                            improvised_only=iemocap, folds=[f.name for f in folds],
+                            model_config=model, settings=settings,
+                            variants={v: {"train": t.to_dict(), "model": m.to_dict()}
+                                      for v, (t, m) in rows.items()})
+    statistics = {}
+
+    def fold_run(row, fold, path, seed):
+        train, net = rows[row]
+        key = (fold.name, train.features)
+        if key not in statistics:
+            statistics[key] = protocol.fold_statistics(corpus.records, fold.train, classes,
+                                                       train.features, labels)
+        result = protocol.train_fold(net, train.replace(seed=seed), fold, corpus.records,
+                                     classes, path, utterances=utterances, labels=labels,
+                                     stats=statistics[key], row=row,
+                                     verbose=experiment.verbosity(args))
+        result["test"]["single_ua"] = result.get("test_single", result["test"])["ua"]
+        return result
+
+    # 5. The ablation, row by row.
+    results = experiment.run_folds(out, variants, folds, args.seed, fold_run)
     # 6. Results.
-    wall = time.time() - start
-    summary = summarise(results, variants)
-    header = "\n".join([
-        f"# CNN + BiLSTM with VTLP (Etienne et al. 2018) on {corpus}", "",
-        *([f"**{synthetic.BANNER}**", ""] if smoke else []),
-        f"- Classes: {', '.join(classes)}"
-        + (" (improvised dialogs only)" if labels is not None else ""),
-        f"- Protocol: {scheme}, {len(fold_list)} folds; validation speaker picks the epoch",
-        f"- Preset: {args.preset} ({len(model_config.conv_filters)} conv blocks, "
-        f"{model_config.lstm_layers} BiLSTM layer(s) of {model_config.lstm_units} units), "
-        f"batch {base.batch_size}, at most {max_epochs} epochs, patience {args.patience}",
-        f"- Wall time of this invocation: {wall / 60:.1f} min (finished folds read back "
-        f"are not re-timed; training time summed over folds: "
-        f"{sum(s['train_seconds'] for s in summary.values()) / 60:.1f} min)"])
-    text = header + "\n\n" + markdown(results, variants, summary) + "\n"
-    atomic_json(os.path.join(out, "results.json"), {
-        "corpus": corpus, "classes": classes, "protocol": scheme, "preset": args.preset,
-        "model_config": model_config.to_dict(), "summary": summary, "folds": results,
-        "wall_seconds": round(wall, 1)})
-    path = os.path.join(out, "results.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    print(text)
+    summary = experiment.write_results(
+        out, title=f"CNN + BiLSTM with VTLP (Etienne et al. 2018) on {corpus.name}", header=[
+            f"Classes: {', '.join(classes)}" + (" (improvised dialogs only)" if iemocap else ""),
+            f"Protocol: {scheme}, {len(folds)} folds; the validation speaker picks the epoch.",
+            f"Preset {args.preset}: {len(model.conv_filters)} conv blocks, {model.lstm_layers} "
+            f"BiLSTM layer(s) of {model.lstm_units} units; at most {settings.max_epochs} epochs,"
+            f" patience {settings.patience}; SGD with momentum (eq. 6 only in `layerwise`).",
+            f"Chance UA {100 / len(classes):.1f}%."],
+        entries=results, rows=variants, row_titles=protocol.VARIANT_TITLES, columns=COLUMNS,
+        main=Metric("ua", "Test UA"), folds=results, smoke=corpus.smoke, started=started,
+        row_header="Variant",
+        document={"classes": classes, "protocol": scheme})
+    if not args.no_export:
+        export_best(out, summary, results, rows, classes, corpus)
     return 0
 
 

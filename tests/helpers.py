@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import soundfile
@@ -45,5 +46,45 @@ def load_recipe(name):
     spec = importlib.util.spec_from_file_location(f"recipe_{name}",
                                                   os.path.join(RECIPES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclasses resolve their string annotations through sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def assert_export_matches_reported(run_dir, records, predictions, result, key="probabilities",
+                                   score_key="ua", atol=1e-5):
+    """The run's exported SavedModel gives the reported scores on the held-out utterances.
+
+    Loads ``run_dir/export`` (TF Serving layout), runs every test utterance of
+    ``predictions`` (a fold's ``predictions.npz``) through its ``serving_default``
+    signature, and checks the probabilities (and votes) equal the fold's saved ones within
+    ``atol`` and that the UA of the export's decisions equals the UA in ``result``.
+
+    Returns:
+        The number of utterances compared.
+    """
+    from keras_ser import data, metrics
+    from keras_ser.serving import builders, predict
+
+    saved = np.load(predictions)
+    utterances = data.Utterances(records)
+    where = {u: i for i, u in enumerate(utterances.ids)}
+    model = predict.load(run_dir if os.path.basename(run_dir) == "export"
+                         else os.path.join(run_dir, "export"))
+    names = model.metadata["class_names"]
+    probs, votes = [], []
+    for uid in saved["utterance_id"]:
+        wave = utterances.waveforms[where[str(uid)]].astype(np.float32)[None] / 32768.0
+        out = model(waveform=wave)
+        probs.append(out["probabilities"].numpy()[0])
+        if "votes" in out:
+            votes.append(out["votes"].numpy()[0])
+    probs = np.array(probs)
+    np.testing.assert_allclose(probs, saved[key], atol=atol)
+    if votes:
+        np.testing.assert_allclose(np.array(votes), saved["votes"], atol=atol)
+    decided = builders.decide(probs, np.array(votes) if votes else None)
+    truth = [names.index(utterances.emotions[where[str(u)]]) for u in saved["utterance_id"]]
+    assert metrics.unweighted_accuracy(truth, decided) == result[score_key]
+    return len(probs)

@@ -29,16 +29,17 @@ def test_paper_discriminator_halves_the_patch_at_each_conv_layer_and_counts_para
     assert shapes["fc"] == (512,)
     assert shapes["head_valence"] == shapes["head_activation"] == (5,)
     counts = {layer.name: layer.count_params() for layer in d.layers}
-    # 9x9 filters (tied to the 64-frame crop); bias only on conv1 (the others feed BN).
-    assert counts["conv1"] == 9 * 9 * 1 * 64 + 64
-    assert counts["conv2"] == 9 * 9 * 64 * 128
-    assert counts["conv3"] == 9 * 9 * 128 * 256
-    assert counts["conv4"] == 9 * 9 * 256 * 512
+    # 8x8 filters (W / 8 of the 64-frame crop); bias only on conv1 (the others feed BN).
+    assert config.kernel_size == 8
+    assert counts["conv1"] == 8 * 8 * 1 * 64 + 64
+    assert counts["conv2"] == 8 * 8 * 64 * 128
+    assert counts["conv3"] == 8 * 8 * 128 * 256
+    assert counts["conv4"] == 8 * 8 * 256 * 512
     assert counts["conv2_bn"] == 4 * 128
     assert counts["real"] == 16384 + 1
     assert counts["fc"] == 16384 * 512 + 512
     assert counts["head_valence"] == 513 * 5
-    assert d.count_params() == 22_354_059
+    assert d.count_params() == sum(counts.values()) == 19_428_427
     assert not any(isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D))
                    for layer in d.layers)
 
@@ -53,7 +54,11 @@ def test_paper_generator_mirrors_the_discriminator():
     assert shapes["deconv3"] == (32, 64, 64)
     assert shapes["deconv4"] == (64, 128, 1)
     assert shapes["patch"] == (64, 128)
-    assert g.count_params() == 15_582_017
+    counts = {layer.name: layer.count_params() for layer in g.layers}
+    assert counts["project"] == 100 * 4 * 8 * 512
+    assert counts["deconv1"] == 8 * 8 * 512 * 256  # no bias: batch norm follows
+    assert counts["deconv4"] == 8 * 8 * 64 + 1
+    assert g.count_params() == 12_656_385
     out = g(tf.random.normal([3, 100]), training=False).numpy()
     assert out.shape == (3, 64, 128)
     assert np.abs(out).max() <= 1.0
@@ -69,10 +74,11 @@ def test_cpu_preset_keeps_the_topology_at_reduced_width():
     assert d_cpu.count_params() < d_paper.count_params() / 50
 
 
-def test_tied_kernel_size_grows_with_the_crop_and_stays_odd():
+def test_tied_kernel_size_is_an_eighth_of_the_crop_width():
     sizes = [dcgan.tied_kernel_size(w) for w in (16, 32, 48, 64, 128)]
-    assert sizes == [3, 5, 7, 9, 17]
-    assert all(s % 2 == 1 for s in sizes)
+    assert sizes == [2, 4, 6, 8, 16]
+    assert dcgan.tied_kernel_size(8) == 2  # never below 2
+    assert dcgan.get_dcgan_preset("cpu").kernel_size == 4
 
 
 def test_config_rejects_crops_the_generator_cannot_mirror():

@@ -251,3 +251,45 @@ def test_emodb_stats_give_ten_loso_folds_testing_every_speaker(emodb_records):
                                      validation="next-same-gender")
     assert all(f.validation[0] in emodb.MALE_SPEAKERS for f in same_gender
                if f.test[0] in emodb.MALE_SPEAKERS)
+
+
+# --- select (the recipes' --folds) --------------------------------------------------------
+
+
+def _swapped():
+    return F.leave_one_session_out(IEMOCAP_SESSIONS, swap=True, genders=IEMOCAP_GENDERS)
+
+
+def test_select_takes_all_or_the_first_n_folds():
+    folds = _swapped()
+    assert F.select(folds) == folds and F.select(folds, "") == folds
+    assert F.select(folds, 3) == folds[:3]
+    assert [f.name for f in F.select(folds, " 2 ")] == ["session1-test-Ses01M",
+                                                        "session1-test-Ses01F"]
+    assert F.select(folds, "10") == folds
+    for bad in (0, "11"):
+        with pytest.raises(ValueError, match=r"choose 1\.\.10 folds"):
+            F.select(folds, bad)
+
+
+def test_select_by_fold_name_test_speaker_or_session_prefix_in_protocol_order():
+    folds = _swapped()
+    assert [f.name for f in F.select(folds, "session3-test-Ses03M")] == [
+        "session3-test-Ses03M"]
+    assert [f.test for f in F.select(folds, "Ses05F")] == [["Ses05F"]]
+    # "session2" is the prefix of both folds of session 2 (each speaker tested once).
+    assert [f.name for f in F.select(folds, "session2")] == ["session2-test-Ses02M",
+                                                             "session2-test-Ses02F"]
+    # Protocol order, whatever the order of the names; a fold named twice comes once.
+    assert [f.name for f in F.select(folds, "Ses05F, session1-test-Ses01M,session2,Ses02M")] \
+        == ["session1-test-Ses01M", "session2-test-Ses02M", "session2-test-Ses02F",
+            "session5-test-Ses05F"]
+
+
+def test_select_names_unknown_folds_and_lists_the_choices():
+    folds = F.leave_one_session_out(IEMOCAP_SESSIONS, genders=IEMOCAP_GENDERS)
+    with pytest.raises(ValueError, match=r"unknown fold\(s\) \['Ses01F', 'session7'\]") as info:
+        F.select(folds, "Ses01F,session7,Ses02M")  # Ses01F only validates here
+    message = str(info.value)
+    assert "session5-test-Ses05M" in message
+    assert "test speakers: ['Ses01M', 'Ses02M', 'Ses03M', 'Ses04M', 'Ses05M']" in message

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import scipy.stats
+from scipy import linalg
 
 from keras_ser import metrics
 
@@ -177,7 +178,9 @@ def test_pearson_expected_equals_scipy_on_expected_values():
     r, p = metrics.pearson_expected(probs, ratings)
     assert r == pytest.approx(want.statistic)
     assert p == pytest.approx(want.pvalue)
-    assert 0.9 < r < 1
+    # Deviations from the means 1.875 and 1.9: products sum to 1.95, squares to 2.1875
+    # and 1.78.
+    assert r == pytest.approx(1.95 / np.sqrt(2.1875 * 1.78))
 
 
 def test_pearson_expected_rejects_mismatched_lengths():
@@ -259,3 +262,115 @@ def test_accept_either_rejects_mismatched_shapes():
         metrics.accept_either_targets([0], [[0, 0]])
     with pytest.raises(ValueError, match="3 class names"):
         metrics.accept_either_report(np.eye(2), np.eye(2), NAMES)
+
+
+# --- Fréchet distance -------------------------------------------------------------------
+
+
+def _exact_samples(mean, cov, n, seed):
+    """``n`` rows whose sample mean and np.cov are exactly ``mean`` and ``cov``."""
+    mean, cov = np.asarray(mean, float), np.atleast_2d(np.asarray(cov, float))
+    d = len(mean)
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, d))
+    z -= z.mean(axis=0)
+    q, _ = np.linalg.qr(z)  # orthonormal columns, each orthogonal to the ones vector
+    return mean + np.sqrt(n - 1) * q @ np.linalg.cholesky(cov).T
+
+
+def _psd_sqrt(matrix):
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def _closed_form(mean_a, cov_a, mean_b, cov_b):
+    """||dmu||^2 + Tr(A + B - 2 (A^1/2 B A^1/2)^1/2), by symmetric eigendecompositions."""
+    root_a = _psd_sqrt(cov_a)
+    cross = _psd_sqrt(root_a @ cov_b @ root_a)
+    diff = np.asarray(mean_a) - np.asarray(mean_b)
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(cross))
+
+
+def test_exact_samples_helper():
+    cov = [[2.0, 0.5], [0.5, 1.0]]
+    x = _exact_samples([1.0, -2.0], cov, 50, 0)
+    np.testing.assert_allclose(x.mean(axis=0), [1.0, -2.0], atol=1e-12)
+    np.testing.assert_allclose(np.cov(x, rowvar=False), cov, atol=1e-12)
+
+
+def test_frechet_diagonal_gaussians_by_hand():
+    # ||(3, 4)||^2 + (1 - 2)^2 + (2 - 1)^2 with standard deviations (1, 2) and (2, 1).
+    a = _exact_samples([0.0, 0.0], np.diag([1.0, 4.0]), 40, 1)
+    b = _exact_samples([3.0, 4.0], np.diag([4.0, 1.0]), 60, 2)
+    assert metrics.frechet_distance(a, b) == pytest.approx(27.0, rel=1e-9)
+    # One dimension: (m_a - m_b)^2 + (s_a - s_b)^2.
+    a1 = _exact_samples([1.5], [[0.25]], 30, 3)
+    b1 = _exact_samples([-0.5], [[9.0]], 30, 4)
+    assert metrics.frechet_distance(a1, b1) == pytest.approx(4.0 + 2.5 ** 2, rel=1e-9)
+
+
+def test_frechet_full_covariances_match_closed_form():
+    rng = np.random.default_rng(0)
+    d = 6
+    m_a, m_b = rng.normal(size=d), rng.normal(size=d)
+    l_a, l_b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    cov_a, cov_b = l_a @ l_a.T + 0.1 * np.eye(d), l_b @ l_b.T + 0.1 * np.eye(d)
+    a = _exact_samples(m_a, cov_a, 200, 5)
+    b = _exact_samples(m_b, cov_b, 150, 6)
+    expected = _closed_form(m_a, cov_a, m_b, cov_b)
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+    # Random (not exactly constructed) samples: the formula on numpy's moments.
+    x, y = rng.normal(size=(300, d)) @ l_a, rng.normal(size=(250, d)) + 1.0
+    expected = _closed_form(x.mean(0), np.cov(x, rowvar=False),
+                            y.mean(0), np.cov(y, rowvar=False))
+    assert metrics.frechet_distance(x, y) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_identity_symmetry_and_mean_shift():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 8)).astype(np.float32)
+    y = rng.normal(size=(400, 8)) * 1.5
+    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.frechet_distance(x, y) == pytest.approx(
+        metrics.frechet_distance(y, x), rel=1e-9)
+    shifts = [metrics.frechet_distance(x, x + s) for s in (0.5, 1.0, 2.0)]
+    # A pure shift by s in every one of the 8 dimensions adds exactly 8 s^2.
+    assert shifts == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0], rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")
+def test_frechet_singular_covariances_by_hand_and_by_closed_form():
+    # Two rows each: rank-one covariances. Same axis: means (1, 0) and (7, 5), variances
+    # 2 and 8 on the first axis -> 36 + 25 + 2 + 8 - 2 sqrt(16).
+    a = np.array([[0.0, 0.0], [2.0, 0.0]])
+    assert metrics.frechet_distance(a, [[5.0, 5.0], [9.0, 5.0]]) == pytest.approx(63.0)
+    # Orthogonal axes, S_a S_b = 0: means (1, 0) and (0, 2) -> 1 + 4 + 2 + 2.
+    assert metrics.frechet_distance(a, [[0.0, 1.0], [0.0, 3.0]]) == pytest.approx(9.0)
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(5, 20)), rng.normal(size=(5, 20))  # rank <= 4 < d
+    expected = _closed_form(x.mean(0), np.cov(x, rowvar=False),
+                            y.mean(0), np.cov(y, rowvar=False))
+    assert metrics.frechet_distance(x, y) == pytest.approx(expected, rel=1e-7)
+
+
+def test_frechet_rejects_bad_inputs(monkeypatch):
+    good = np.random.default_rng(3).normal(size=(6, 3))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        metrics.frechet_distance(good[:1], good)
+    with pytest.raises(ValueError, match="widths differ"):
+        metrics.frechet_distance(good, good[:, :2])
+    bad = good.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.frechet_distance(good, bad)
+    with pytest.raises(ValueError, match=r"\(n, d\)"):
+        metrics.frechet_distance(good[:, 0], good[:, 0])
+    # A non-negligible imaginary part of the square root is an error, a tiny one is not.
+    real_sqrtm = linalg.sqrtm
+    monkeypatch.setattr(metrics.linalg, "sqrtm",
+                        lambda m: real_sqrtm(m) + 1e-9j * np.eye(len(m)))
+    assert metrics.frechet_distance(good, good) == pytest.approx(0.0, abs=1e-9)
+    monkeypatch.setattr(metrics.linalg, "sqrtm",
+                        lambda m: real_sqrtm(m) + 0.5j * np.eye(len(m)))
+    with pytest.raises(ValueError, match="imaginary"):
+        metrics.frechet_distance(good, good)

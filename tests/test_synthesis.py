@@ -1,5 +1,6 @@
-"""Tests of keras_ser.synthesis (synthetic TFRecords, pooling, Fréchet distance, embed)
-and of keras_ser.plots.conditional_grid_png."""
+"""Synthetic patch records (tfrecords_tools.patch_records) read back by
+keras_ser.data.synthetic_dataset (pooling, epochs), keras_ser.synthesis.embed and
+keras_ser.plots.conditional_grid_png."""
 
 import json
 import os
@@ -9,9 +10,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy import linalg
 
-from keras_ser import plots, synthesis
+from keras_ser import data, plots, synthesis
+from tfrecords_tools import patch_records
 
 CLASSES = ["neutral", "happy", "sad"]
 FRAMES, MELS = 6, 4
@@ -47,13 +48,13 @@ def _write(out_dir, sampler=None, **kwargs):
     options.update(kwargs)
     per_class = options.pop("per_class", 5)
     classes = options.pop("classes", CLASSES)
-    return synthesis.write_synthetic_records(out_dir, sampler or Sampler(), classes,
+    return patch_records.write_synthetic_records(out_dir, sampler or Sampler(), classes,
                                              per_class, **options)
 
 
 def _read_all(folders, **kwargs):
     kwargs.setdefault("shuffle", False)
-    ds = synthesis.synthetic_dataset(folders, batch_size=kwargs.pop("batch_size", 4),
+    ds = data.synthetic_dataset(folders, batch_size=kwargs.pop("batch_size", 4),
                                      **kwargs)
     batches = list(ds.as_numpy_iterator())
     return (np.concatenate([b["features"] for b in batches]),
@@ -81,7 +82,7 @@ def test_round_trip_arrays_labels_counts_and_metadata(tmp_path):
     np.testing.assert_allclose(features[:, 0, 0], labels / 10.0, rtol=0, atol=1e-7)
     assert np.bincount(labels).tolist() == [5, 5, 5]
 
-    assert document == synthesis.read_synthetic_metadata(out)
+    assert document == patch_records.read_synthetic_metadata(out)
     assert document["classes"] == CLASSES
     assert document["per_class"] == 5
     assert document["counts"] == {"neutral": 5, "happy": 5, "sad": 5}
@@ -229,7 +230,7 @@ def test_pooling_folders_sums_counts_and_keeps_order(tmp_path):
     _write(tmp_path / "c1", per_class=2, source="client-1", seed=9)
     first, first_labels, _ = _read_all(str(tmp_path / "c0"))
     second, second_labels, _ = _read_all(str(tmp_path / "c1"))
-    ds = synthesis.synthetic_dataset([tmp_path / "c0", str(tmp_path / "c1")], batch_size=4,
+    ds = data.synthetic_dataset([tmp_path / "c0", str(tmp_path / "c1")], batch_size=4,
                                      shuffle=False)
     assert ds.cardinality().numpy() == 6  # ceil(21 / 4)
     pooled, labels, _ = _read_all([str(tmp_path / "c0"), str(tmp_path / "c1")])
@@ -257,13 +258,40 @@ def test_shuffled_pool_is_a_reproducible_permutation(tmp_path):
 
 def test_drop_remainder_and_repeat(tmp_path):
     _write(tmp_path / "s")
-    ds = synthesis.synthetic_dataset(str(tmp_path / "s"), batch_size=4, drop_remainder=True)
+    ds = data.synthetic_dataset(str(tmp_path / "s"), batch_size=4, drop_remainder=True)
     assert ds.cardinality().numpy() == 3
     assert ds.element_spec["features"].shape.as_list() == [4, FRAMES, MELS]
     assert len(list(ds)) == 3
-    endless = synthesis.synthetic_dataset(str(tmp_path / "s"), batch_size=4, repeat=True)
+    endless = data.synthetic_dataset(str(tmp_path / "s"), batch_size=4, repeat=True)
     assert endless.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
     assert len(list(endless.take(10))) == 10
+
+
+def test_an_epoch_is_the_same_whether_the_dataset_starts_at_it_or_before(tmp_path):
+    """With epochs, each epoch holds ``steps`` batches shuffled from (seed, epoch) only,
+    also under TensorFlow's global seed 0 (which tf.data refuses as a seed tensor)."""
+    folders = [str(tmp_path / "c0"), str(tmp_path / "c1")]
+    _write(folders[0], source="client-0")
+    _write(folders[1], per_class=2, source="client-1", seed=9)
+    keras.utils.set_random_seed(0)
+
+    def epochs(first, stop):
+        ds = data.synthetic_dataset(folders, batch_size=4, seed=5, epochs=(first, stop),
+                                    steps=3)
+        assert int(ds.cardinality()) == 3 * (stop - first)
+        batches = [b["features"] for b in ds.as_numpy_iterator()]
+        assert [len(b) for b in batches] == [4] * 3 * (stop - first)
+        return [np.concatenate(batches[i:i + 3]) for i in range(0, len(batches), 3)]
+
+    full = epochs(0, 3)
+    np.testing.assert_array_equal(epochs(2, 3)[0], full[2])
+    np.testing.assert_array_equal(epochs(1, 3)[0], full[1])
+    assert not np.array_equal(full[0], full[1]) and not np.array_equal(full[1], full[2])
+    # 12 of the 21 records per epoch, none twice (the pool is repeated only when used up).
+    for epoch in full:
+        assert len({row.tobytes() for row in epoch}) == 12
+    with pytest.raises(ValueError, match="epochs needs steps"):
+        data.synthetic_dataset(folders, batch_size=4, epochs=(0, 1))
 
 
 def test_pooling_mismatched_folders_raises_naming_the_folder(tmp_path):
@@ -271,11 +299,11 @@ def test_pooling_mismatched_folders_raises_naming_the_folder(tmp_path):
     _write(tmp_path / "frames", Sampler(frames=FRAMES + 2), frames=FRAMES + 2)
     _write(tmp_path / "classes", classes=["neutral", "sad", "happy"])
     with pytest.raises(ValueError, match="frames.*differs") as info:
-        synthesis.synthetic_dataset([str(tmp_path / "a"), str(tmp_path / "frames")],
+        data.synthetic_dataset([str(tmp_path / "a"), str(tmp_path / "frames")],
                                     batch_size=4)
     assert str(tmp_path / "frames") in str(info.value)
     with pytest.raises(ValueError, match="classes") as info:
-        synthesis.synthetic_dataset([str(tmp_path / "a"), str(tmp_path / "classes")],
+        data.synthetic_dataset([str(tmp_path / "a"), str(tmp_path / "classes")],
                                     batch_size=4)
     assert str(tmp_path / "classes") in str(info.value)
 
@@ -283,13 +311,13 @@ def test_pooling_mismatched_folders_raises_naming_the_folder(tmp_path):
 def test_missing_metadata_or_shard_raises_file_not_found(tmp_path):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(FileNotFoundError, match="nothing"):
-        synthesis.synthetic_dataset(str(tmp_path / "nothing"), batch_size=4)
+        data.synthetic_dataset(str(tmp_path / "nothing"), batch_size=4)
     with pytest.raises(FileNotFoundError, match="nothing"):
-        synthesis.read_synthetic_metadata(tmp_path / "nothing")
+        patch_records.read_synthetic_metadata(tmp_path / "nothing")
     _write(tmp_path / "s")
     os.remove(tmp_path / "s" / "synthetic-00001-of-00003.tfrecord")
     with pytest.raises(FileNotFoundError, match="00001"):
-        synthesis.synthetic_dataset(str(tmp_path / "s"), batch_size=4)
+        data.synthetic_dataset(str(tmp_path / "s"), batch_size=4)
     with pytest.raises(FileExistsError, match="missing"):
         _write(tmp_path / "s")  # resume refuses an incomplete folder
 
@@ -299,111 +327,6 @@ def test_metadata_file_is_plain_json(tmp_path):
     with open(tmp_path / "s" / "synthetic.json", encoding="utf-8") as handle:
         stored = json.load(handle)
     assert stored["metadata"] == {"gen": {"epoch": 3.0, "lr": 0.5}}
-
-
-# --- Fréchet distance -------------------------------------------------------------------
-
-
-def _exact_samples(mean, cov, n, seed):
-    """``n`` rows whose sample mean and np.cov are exactly ``mean`` and ``cov``."""
-    mean, cov = np.asarray(mean, float), np.atleast_2d(np.asarray(cov, float))
-    d = len(mean)
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, d))
-    z -= z.mean(axis=0)
-    q, _ = np.linalg.qr(z)  # orthonormal columns, each orthogonal to the ones vector
-    return mean + np.sqrt(n - 1) * q @ np.linalg.cholesky(cov).T
-
-
-def _psd_sqrt(matrix):
-    values, vectors = np.linalg.eigh(matrix)
-    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-
-
-def _closed_form(mean_a, cov_a, mean_b, cov_b):
-    """||dmu||^2 + Tr(A + B - 2 (A^1/2 B A^1/2)^1/2), by symmetric eigendecompositions."""
-    root_a = _psd_sqrt(cov_a)
-    cross = _psd_sqrt(root_a @ cov_b @ root_a)
-    diff = np.asarray(mean_a) - np.asarray(mean_b)
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(cross))
-
-
-def test_exact_samples_helper():
-    cov = [[2.0, 0.5], [0.5, 1.0]]
-    x = _exact_samples([1.0, -2.0], cov, 50, 0)
-    np.testing.assert_allclose(x.mean(axis=0), [1.0, -2.0], atol=1e-12)
-    np.testing.assert_allclose(np.cov(x, rowvar=False), cov, atol=1e-12)
-
-
-def test_frechet_diagonal_gaussians_by_hand():
-    # ||(3, 4)||^2 + (1 - 2)^2 + (2 - 1)^2 with standard deviations (1, 2) and (2, 1).
-    a = _exact_samples([0.0, 0.0], np.diag([1.0, 4.0]), 40, 1)
-    b = _exact_samples([3.0, 4.0], np.diag([4.0, 1.0]), 60, 2)
-    assert synthesis.frechet_distance(a, b) == pytest.approx(27.0, rel=1e-9)
-    # One dimension: (m_a - m_b)^2 + (s_a - s_b)^2.
-    a1 = _exact_samples([1.5], [[0.25]], 30, 3)
-    b1 = _exact_samples([-0.5], [[9.0]], 30, 4)
-    assert synthesis.frechet_distance(a1, b1) == pytest.approx(4.0 + 2.5 ** 2, rel=1e-9)
-
-
-def test_frechet_full_covariances_match_closed_form():
-    rng = np.random.default_rng(0)
-    d = 6
-    m_a, m_b = rng.normal(size=d), rng.normal(size=d)
-    l_a, l_b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
-    cov_a, cov_b = l_a @ l_a.T + 0.1 * np.eye(d), l_b @ l_b.T + 0.1 * np.eye(d)
-    a = _exact_samples(m_a, cov_a, 200, 5)
-    b = _exact_samples(m_b, cov_b, 150, 6)
-    expected = _closed_form(m_a, cov_a, m_b, cov_b)
-    assert synthesis.frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
-    # Random (not exactly constructed) samples: the formula on numpy's moments.
-    x, y = rng.normal(size=(300, d)) @ l_a, rng.normal(size=(250, d)) + 1.0
-    expected = _closed_form(x.mean(0), np.cov(x, rowvar=False),
-                            y.mean(0), np.cov(y, rowvar=False))
-    assert synthesis.frechet_distance(x, y) == pytest.approx(expected, rel=1e-8)
-
-
-def test_frechet_identity_symmetry_and_mean_shift():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(500, 8)).astype(np.float32)
-    y = rng.normal(size=(400, 8)) * 1.5
-    assert synthesis.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
-    assert synthesis.frechet_distance(x, y) == pytest.approx(
-        synthesis.frechet_distance(y, x), rel=1e-9)
-    shifts = [synthesis.frechet_distance(x, x + s) for s in (0.5, 1.0, 2.0)]
-    # A pure shift by s in every one of the 8 dimensions adds exactly 8 s^2.
-    assert shifts == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0], rel=1e-6)
-    assert shifts[0] < shifts[1] < shifts[2]
-
-
-def test_frechet_singular_covariances_still_finite():
-    rng = np.random.default_rng(2)
-    x, y = rng.normal(size=(5, 20)), rng.normal(size=(5, 20))  # rank <= 4 < d
-    value = synthesis.frechet_distance(x, y)
-    assert np.isfinite(value) and value > 0
-
-
-def test_frechet_rejects_bad_inputs(monkeypatch):
-    good = np.random.default_rng(3).normal(size=(6, 3))
-    with pytest.raises(ValueError, match="at least 2 rows"):
-        synthesis.frechet_distance(good[:1], good)
-    with pytest.raises(ValueError, match="widths differ"):
-        synthesis.frechet_distance(good, good[:, :2])
-    bad = good.copy()
-    bad[1, 1] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
-        synthesis.frechet_distance(good, bad)
-    with pytest.raises(ValueError, match=r"\(n, d\)"):
-        synthesis.frechet_distance(good[:, 0], good[:, 0])
-    # A non-negligible imaginary part of the square root is an error, a tiny one is not.
-    real_sqrtm = linalg.sqrtm
-    monkeypatch.setattr(synthesis.linalg, "sqrtm",
-                        lambda m: real_sqrtm(m) + 1e-9j * np.eye(len(m)))
-    assert synthesis.frechet_distance(good, good) == pytest.approx(0.0, abs=1e-9)
-    monkeypatch.setattr(synthesis.linalg, "sqrtm",
-                        lambda m: real_sqrtm(m) + 0.5j * np.eye(len(m)))
-    with pytest.raises(ValueError, match="imaginary"):
-        synthesis.frechet_distance(good, good)
 
 
 # --- embed ------------------------------------------------------------------------------

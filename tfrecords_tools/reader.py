@@ -109,7 +109,7 @@ def load_all() -> dict:
     """Import every reader module so that it registers itself; returns `READERS`."""
     from tfrecords_tools import (  # noqa: F401  (imported for registration)
         ami, cremad, emodb, folder, iemocap, librispeech, ljspeech, manifest, ravdess,
-        savee, synthetic, tess,
+        savee, smoke, tess,
     )
     return READERS
 

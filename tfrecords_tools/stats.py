@@ -2,7 +2,8 @@
 
 The log-mel statistics (minimum, maximum, mean, standard deviation, overall and per mel
 band) are those used to normalise features: min-max to [-1, 1] (Eskimez et al. 2020,
-Sec. 3.1) and z-score (Etienne et al. 2018, eq. 2). They are computed with librosa on
+Sec. 4.2) and z-score (Etienne et al. 2018, eq. 2, one mean and deviation; the
+per-band statistics are for our variant). They are computed with librosa on
 the int16 samples exactly as stored, with the parameters recorded next to them, so
 `keras_ser.features` can check that a model's features match before using them.
 """
@@ -14,8 +15,9 @@ import math
 
 import numpy as np
 
-#: The default log-mel (Eskimez et al. 2020, Sec. 3.1): 32 ms Hann window, 16 ms hop,
-#: 512-point FFT, 128 Slaney mel bands 0-8 kHz, power 2, dB with a 1e-10 floor.
+#: The default log-mel (Eskimez et al. 2020, Sec. 4.2: 32 ms window, 16 ms hop, 512 FFT
+#: bins, 128 mel bands); the Hann window, Slaney mel bands 0-8 kHz, power 2, no
+#: centring and dB with a 1e-10 floor are our choice.
 DEFAULT_LOGMEL = {
     "sample_rate": 16000,
     "window_samples": 512,

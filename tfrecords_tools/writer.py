@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from keras_ser.io import write_json, write_text
 from tfrecords_tools import audio, stats
 from tfrecords_tools.schema import SAMPLE_RATE, Skipped, Utterance, serialize
 
@@ -62,13 +63,6 @@ class Report:
 
 def _shard_name(corpus: str, index: int, total: int) -> str:
     return f"{corpus}-{index:05d}-of-{total:05d}"
-
-
-def _atomic_json(path: str, document) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=1, ensure_ascii=False, allow_nan=True)
-    os.replace(tmp, path)
 
 
 def _resolve_segments(utt: Utterance, waveform: np.ndarray, sample_rate: int,
@@ -144,6 +138,8 @@ def _write_shard(path: str, meta_path: str, items: list, sample_rate: int,
 
     records, skipped = [], []
     moments = stats.FeatureMoments(stats.DEFAULT_LOGMEL["n_mels"])
+    # The shard is written under a temporary name (TFRecordWriter streams to a path),
+    # its side file next, and the shard renamed last: a shard present is complete.
     tmp = path + ".tmp"
     with tf.io.TFRecordWriter(tmp) as out:
         for utt in items:
@@ -165,8 +161,8 @@ def _write_shard(path: str, meta_path: str, items: list, sample_rate: int,
                     "segments": len(piece.segments), "segment_kind": piece.segment_kind,
                 })
             progress.update(1)
-    _atomic_json(meta_path, {"records": records, "skipped": skipped,
-                             "logmel": moments.to_json()})
+    write_json(meta_path, {"records": records, "skipped": skipped,
+                           "logmel": moments.to_json()})
     os.replace(tmp, path)
     return {"records": records, "skipped": skipped, "logmel": moments.to_json()}
 
@@ -249,7 +245,7 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
                     p = os.path.join(out_dir, shard["name"] + ext)
                     if os.path.exists(p):
                         os.remove(p)
-    _atomic_json(plan_path, plan)
+    write_json(plan_path, plan)
 
     by_id = {u.utterance_id: u for u in utterances}
     metas, written, reused, textgrids = [], 0, 0, None
@@ -279,13 +275,10 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
         moments.merge(stats.FeatureMoments.from_json(m["logmel"]))
     document = stats.corpus_stats(records, moments, len(skipped), reader.name)
     document["filtered"] = dict(sorted(reader.filtered.items()))
-    _atomic_json(os.path.join(out_dir, "stats.json"), document)
+    write_json(os.path.join(out_dir, "stats.json"), document)
     tsv = os.path.join(out_dir, "skipped.tsv")
-    with open(tsv + ".tmp", "w", encoding="utf-8") as f:
-        f.write("path\treason\n")
-        for path, reason in skipped:
-            f.write(f"{path}\t{reason}\n")
-    os.replace(tsv + ".tmp", tsv)
+    write_text(tsv, "path\treason\n" + "".join(
+        f"{path}\t{reason}\n" for path, reason in skipped))
     report = Report(out_dir, len(records), skipped, written, reused, document)
     if max_skipped is not None and len(skipped) > max_skipped:
         raise TooManySkipped(f"{len(skipped)} files skipped (limit {max_skipped}); "
@@ -293,7 +286,8 @@ def convert(reader, src_dir: str, out_dir: str, *, shard_size: int = 256,
     return report
 
 
-def records_for(corpus: str, src: str, out_dir: str, progress: bool = True) -> str:
+def records_for(corpus: str, src: str, out_dir: str, progress: bool = True,
+                options: dict | None = None) -> str:
     """A record folder for a recipe: ``src`` itself when it already is one, else converted.
 
     Args:
@@ -303,22 +297,34 @@ def records_for(corpus: str, src: str, out_dir: str, progress: bool = True) -> s
             (recognised by its ``stats.json`` and ``plan.json``).
         out_dir: Run folder; conversions go to ``<out_dir>/records/<corpus>``.
         progress: Show the converter's progress bar.
+        options: Reader options the recipe needs (e.g. ``{"merge_excited": True}``).
 
     Returns:
         The record folder.
 
     Raises:
         KeyError: Unknown reader name.
-        OSError, ValueError, RuntimeError: From the reader or `convert` (a missing
-            folder, unreadable audio, too many skipped files); the message names the file.
+        ValueError: ``src`` is a record folder converted with other ``options`` (the
+            message names them and the conversion command to use).
+        OSError, RuntimeError: From the reader or `convert` (a missing folder,
+            unreadable audio, too many skipped files); the message names the file.
     """
-    if os.path.isfile(os.path.join(src, "stats.json")) and os.path.isfile(
-            os.path.join(src, "plan.json")):
+    options = dict(options or {})
+    plan_path = os.path.join(src, "plan.json")
+    if os.path.isfile(os.path.join(src, "stats.json")) and os.path.isfile(plan_path):
+        with open(plan_path, encoding="utf-8") as f:
+            used = json.load(f).get("options", {})
+        differ = {k: v for k, v in options.items() if used.get(k) != v}
+        if differ:
+            flags = " ".join(f"--{k.replace('_', '-')}" for k, v in differ.items() if v is True)
+            raise ValueError(f"{src}: records converted with options {used}, but this recipe "
+                             f"needs {differ}; convert again with `python -m tfrecords_tools "
+                             f"{corpus} SRC OUT {flags}` or pass the corpus folder")
         return src
     from tfrecords_tools import reader as treader
 
     target = os.path.join(out_dir, "records", corpus)
     print(f"converting {src} ({corpus}) -> {target}")
-    report = convert(treader.get_reader(corpus), src, target, progress=progress)
+    report = convert(treader.get_reader(corpus, **options), src, target, progress=progress)
     print(f"  {report.records} records, {len(report.skipped)} skipped")
     return target

@@ -48,12 +48,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import layers
+
+from keras_ser import io
 
 #: Name of the encoder layer whose output the discriminator head reads (flattened
 #: last convolution block).
@@ -313,22 +314,6 @@ def discriminator_logits(discriminator: keras.Model) -> keras.Model:
                        name=f"{discriminator.name}_logits")
 
 
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                                   suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 class ClassLatents:
     """One multivariate normal N(mu_c, Sigma_c) of autoencoder codes per emotion class.
 
@@ -471,14 +456,13 @@ class ClassLatents:
         """
         ext = os.path.splitext(path)[1].lower()
         if ext == ".json":
-            text = json.dumps(self.to_dict()).encode("utf-8")
-            _atomic_write(path, lambda f: f.write(text))
+            io.write_text(path, json.dumps(self.to_dict()))
         elif ext == ".npz":
             arrays = {"means": self.means, "covariances": self.covariances,
                       "ridge": np.float64(self.ridge)}
             if self.counts is not None:
                 arrays["counts"] = self.counts
-            _atomic_write(path, lambda f: np.savez(f, **arrays))
+            io.save_npz(path, **arrays)
         else:
             raise ValueError(f"ClassLatents are saved as .json or .npz, got {path!r}")
 

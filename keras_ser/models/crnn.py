@@ -1,15 +1,19 @@
-"""Masked CNN + BiLSTM of Etienne et al. (SMM 2018) with recurrent batch normalisation.
+"""Masked CNN + BiLSTM of Etienne et al. (2018), with optional recurrent batch norm.
 
-Input: z-scored log-mel spectrograms (64 ms window, 32 ms shift, mel bands up to 4 or
-8 kHz; `keras_ser.features.PRESETS` ``"etienne"`` / ``"etienne_8k"``), zero-padded
-along time, with each utterance's true length in frames.
+Input: z-scored log-mel spectrograms (64 ms window, 32 ms shift, frequencies up to 4 or
+8 kHz; `keras_ser.features.PRESETS` ``"etienne"`` / ``"etienne_8k"``; the paper says
+"spectrograms", the mel scale is our choice), zero-padded along time, with each
+utterance's true length in frames (the paper's masking layer, Sec. 3).
 
-Network (Sec. 3.2): 1-6 convolution blocks (default 4) without pooling -- each a 2-D
-convolution over (time, frequency), batch normalisation over valid frames, ReLU --
-whose time strides shorten the sequence; the frequency and channel axes are then
-flattened per frame; 1-4 bidirectional LSTM layers (default 1) with recurrent batch
-normalisation (eqs. 3-5); a masked mean over time; a dense softmax over the N_c
-emotions.
+Network (Sec. 3, Fig. 2): 1-6 convolution blocks (default 4) without pooling -- each a
+2-D convolution over (time, frequency) and a ReLU (our choice; the paper names no
+activation), optionally with batch normalisation
+over valid frames between them (our option; the paper does not describe one) -- whose
+time strides shorten the sequence; the frequency and channel axes are then flattened
+per frame; 1-4 bidirectional LSTM layers (default 1), optionally with the recurrent
+batch normalisation of eqs. 3-5 (the paper's Table 3; its best model, Table 1, has
+none); a masked mean over time (our choice of aggregation); a dense softmax over the
+N_c emotions.
 
 Masking is exact: every convolution block zeroes the frames beyond the utterance's
 length before it pads and convolves (so the padded region reads as the zeros an
@@ -19,11 +23,11 @@ pooling ever touch a padded frame. Changing the values in the padded region chan
 no output, and a padded utterance gives exactly the output it gives alone.
 
 Presets are data (`CRNN_PRESETS`). Etienne et al. fix the structure (4 convolution
-layers without pooling, 1 BLSTM layer, dense softmax; 1-6 and 1-4 layers in their
-Table 2) and the input (128 mel bands). The full text of the paper was not available
-to us; the kernel sizes, strides, widths and LSTM units of ``paper`` are our reading
-and are named as such in `CRNNConfig`. ``cpu`` keeps the topology at a quarter of the
-widths and trains an EmoDB fold in about a minute on two CPU cores.
+layers without pooling, 1 Bi-LSTM layer, dense softmax; 1-6 and 1-4 layers explored,
+Secs. 1 and 3). They give no kernel sizes, strides, widths, LSTM units, mel bands, L2
+factor, learning rate or momentum: those of ``paper`` are our choice and are named as
+such in `CRNNConfig`. ``cpu`` keeps the topology at a quarter of the widths and trains
+an EmoDB fold in about a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class MaskedBatchNorm(layers.Layer):
         ValueError: Unknown ``statistics``.
 
     Reference:
-        Etienne et al., SMM 2018, eqs. 4-5; Laurent et al., "Batch normalized recurrent
+        Etienne et al. 2018, eqs. 4-5; Laurent et al., "Batch normalized recurrent
         neural networks", ICASSP 2016; Ioffe & Szegedy, ICML 2015.
     """
 
@@ -171,8 +175,9 @@ class MaskedConvBlock(layers.Layer):
         filters: Output channels.
         kernel_size: ``(time, frequency)`` kernel, frames x bands.
         strides: ``(time, frequency)`` strides.
-        l2: L2 weight-regularisation factor of the kernel (Etienne et al. Sec. 3.4).
-        batch_norm: Masked batch norm between convolution and ReLU.
+        l2: L2 weight-regularisation factor of the kernel (Etienne et al. 2018, Sec. 3).
+        batch_norm: Masked batch norm between convolution and ReLU (BN in the
+            convolution blocks and the ReLU are our choices).
 
     Call args:
         inputs: ``(batch, frames, bands, channels)``.
@@ -184,7 +189,7 @@ class MaskedConvBlock(layers.Layer):
         filters)`` with padded frames set to 0, and ``(batch,)`` int32 ``ceil(L / s_t)``.
 
     Reference:
-        Etienne et al., SMM 2018, Sec. 3.2 (convolutions without pooling).
+        Etienne et al. 2018, Sec. 3 (convolutions without pooling).
     """
 
     def __init__(self, filters: int, kernel_size=(3, 3), strides=(1, 1), l2: float = 0.0,
@@ -244,7 +249,7 @@ class BNLSTMCell(layers.Layer):
         l2: L2 factor of the recurrent kernel.
 
     Reference:
-        Etienne et al., SMM 2018, eq. 5; Hochreiter & Schmidhuber 1997.
+        Etienne et al. 2018, eq. 5; Hochreiter & Schmidhuber 1997.
     """
 
     def __init__(self, units: int, l2: float = 0.0, **kwargs):
@@ -310,7 +315,7 @@ class RecurrentBatchNormLSTM(layers.Layer):
         ``(batch, units * directions)`` with ``return_sequences=False``.
 
     Reference:
-        Etienne et al., SMM 2018, Sec. 3.4, eqs. 3-5; Laurent et al., ICASSP 2016;
+        Etienne et al. 2018, Sec. 3, eqs. 3-5; Laurent et al., ICASSP 2016;
         Cooijmans et al., "Recurrent batch normalization", ICLR 2017.
     """
 
@@ -393,23 +398,26 @@ class CRNNConfig:
     """Sizes of the CNN + BiLSTM.
 
     Attributes:
-        n_mels: Mel bands of the input (paper: 128).
+        n_mels: Mel bands of the input (our choice: 128; the paper gives none).
         num_classes: N_c (IEMOCAP: 4; EmoDB: 7).
         conv_filters: Channels of every convolution block; its length is the number of
-            blocks (paper Table 2: 1-6; default 4). Ours: the paper's widths were not
-            available to us.
+            blocks (the paper explores 1-6, best 4, Secs. 1 and 3). Widths: ours, the
+            paper gives none.
         conv_kernel: ``(time, frequency)`` kernel, frames x bands (ours).
         conv_strides: ``(time, frequency)`` stride of each block (ours: halve the
             frequency axis every block and the time axis in blocks 1 and 3, so the
             BiLSTM runs at 128 ms per step; striding the first block halves the
             convolution cost against striding the second, 0.135 vs 0.25 s per cpu
             step here).
-        lstm_layers: BiLSTM layers (paper Table 2: 1-4; default 1).
+        lstm_layers: BiLSTM layers (the paper explores 1-4, best 1).
         lstm_units: Units per direction (ours).
-        recurrent_bn: Recurrent batch normalisation (eqs. 3-5).
+        conv_bn: Batch normalisation in the convolution blocks (our option; the paper
+            describes none).
+        recurrent_bn: Recurrent batch normalisation (eqs. 3-5; Table 3). Off in the best
+            model of Table 1.
         bn_statistics: ``"shared"`` or ``"unit"`` (`MaskedBatchNorm`).
-        l2: L2 weight-regularisation factor (Sec. 3.4; value ours).
-        dropout: Dropout before the softmax (0: none).
+        l2: L2 weight-regularisation factor (Sec. 3 names L2; value ours).
+        dropout: Dropout before the softmax (0: none; ours, the paper names none).
     """
 
     n_mels: int = 128
@@ -419,7 +427,8 @@ class CRNNConfig:
     conv_strides: tuple = ((2, 2), (1, 2), (2, 2), (1, 2))
     lstm_layers: int = 1
     lstm_units: int = 128
-    recurrent_bn: bool = True
+    conv_bn: bool = False
+    recurrent_bn: bool = False
     bn_statistics: str = "shared"
     l2: float = 1e-4
     dropout: float = 0.0
@@ -490,8 +499,8 @@ def conv_pattern(filters: Sequence[int], strides: Sequence, k: int) -> tuple:
     return tuple(widths[:k]), tuple(pattern[:k])
 
 
-#: ``paper``: the published structure (4 convolutions, 1 BLSTM, 128 mels) with our
-#: widths; ``cpu``: a quarter of the widths and 32 LSTM units.
+#: ``paper``: the published structure (4 convolutions, 1 Bi-LSTM, no batch norm) with
+#: our sizes (128 mels, widths, units); ``cpu``: a quarter of the widths, 32 LSTM units.
 CRNN_PRESETS = {
     "paper": CRNNConfig(),
     "cpu": CRNNConfig(conv_filters=(16, 16, 32, 32), lstm_units=32),
@@ -529,11 +538,12 @@ class CRNN(keras.Model):
     ``(batch, frames, n_mels)`` tensor is taken as unpadded. The output is
     ``(batch, N_c)`` softmax probabilities.
 
-    Training minimises the mean cross-entropy plus the L2 penalties (Sec. 3.4) and
+    Training minimises the mean cross-entropy plus the L2 penalties (Sec. 3) and
     tracks ``loss``, ``accuracy`` and, per layer group, the global gradient norm
     ``grad_norm_conv``, ``grad_norm_recurrent``, ``grad_norm_dense`` (Figure 3), which
-    the TensorBoard callback logs per epoch. Compile with an optimiser only
-    (`keras_ser.optimizers.LayerwiseSGD` for the paper's layer-wise SGD).
+    the TensorBoard callback logs per epoch. Compile with an optimiser only (SGD with
+    momentum; `keras_ser.optimizers.LayerwiseSGD` for the layer-wise variant of
+    Sec. 3.1, eq. 6).
 
     Args:
         config: `CRNNConfig` (or its dict).
@@ -543,7 +553,7 @@ class CRNN(keras.Model):
 
     Reference:
         Etienne et al., "CNN+LSTM Architecture for Speech Emotion Recognition with Data
-        Augmentation", Workshop on Speech, Music and Mind 2018, Sec. 3.
+        Augmentation", 2018, Sec. 3.
     """
 
     def __init__(self, config: CRNNConfig = None, **kwargs):
@@ -553,7 +563,8 @@ class CRNN(keras.Model):
         self.config = config or CRNNConfig()
         c = self.config
         reg = keras.regularizers.L2(c.l2) if c.l2 else None
-        self.conv_blocks = [MaskedConvBlock(f, c.conv_kernel, s, c.l2, name=f"conv_block_{i}")
+        self.conv_blocks = [MaskedConvBlock(f, c.conv_kernel, s, c.l2, batch_norm=c.conv_bn,
+                                            name=f"conv_block_{i}")
                             for i, (f, s) in enumerate(zip(c.conv_filters, c.conv_strides))]
         self.recurrent_layers = [
             RecurrentBatchNormLSTM(c.lstm_units, bidirectional=True, return_sequences=True,

@@ -11,19 +11,23 @@ BasicDCGAN         real/fake + primary head       labelled + unlabelled crops
 MultitaskDCGAN     real/fake + all heads          labelled + unlabelled crops
 =================  =============================  ==============================
 
-The stack (Sec. 2-3 of the paper, after Radford et al. 2016): four Conv2D layers of
-stride 2 and no pooling, so the (frames, mels) log-mel patch halves at each; batch norm
-on all but the first; leaky ReLU. The real/fake logit reads the flattened last conv
-layer; a fully connected layer on the last conv layer feeds the task heads (valence,
-activation: 5-way softmax each; or a categorical emotion head). The generator is the
-DCGAN mirror: N_z noise -> dense -> (frames/16, mels/16, 8F) -> four transposed convs of
-stride 2 -> one tanh channel.
+The stack: four Conv2D layers of stride 2 and no pooling, so the (frames, mels) log-mel
+patch halves at each (the paper's Sec. "Experimental Design"); batch norm on all but the
+first and leaky ReLU are the DCGAN defaults of Radford et al. 2016, which Chang &
+Scherer do not detail (our choice). The real/fake logit reads the flattened last conv
+layer (our choice); a fully connected layer on the last conv layer feeds the task heads
+(Sec. "Multitask Deep Convolutional Generative Adversarial Network": valence and
+activation, 5-way softmax each; the categorical emotion head is our addition). The
+generator, which the paper does not describe, is the DCGAN mirror (our choice): N_z
+noise -> dense -> (frames/16, mels/16, 8F) -> four transposed convs of stride 2 -> one
+tanh channel.
 
 Presets are data (`DCGAN_PRESETS`): ``paper`` uses the DCGAN widths (64-128-256-512)
 and a 64-frame crop; ``cpu`` is the same topology at an eighth of the width and a
 32-frame crop, which trains on EmoDB in about a minute per fold here. The paper tunes
 crop width, filter size and count, batch size and learning rate by random search
-(`keras_ser.tuning`); the preset values are our defaults, not numbers from the paper.
+(`keras_ser.tuning`); its tuned values were lost in the text we have, so the preset
+values are our defaults.
 """
 
 from __future__ import annotations
@@ -34,9 +38,8 @@ from typing import Optional, Sequence
 import keras
 from keras import layers, ops
 
-#: Heads with a 5-point scale (fuzzy labels), Chang & Scherer 2017, Sec. 3.1.
-DIMENSIONS = ("valence", "activation")
-RATING_LEVELS = 5
+from keras_ser.tasks import DIMENSIONS, RATING_LEVELS
+
 #: Moving-average momentum of batch norm. Keras' 0.99 leaves the inference statistics
 #: near their initial values after the few hundred steps a fold of EmoDB trains for;
 #: 0.9 is the DCGAN reference implementations' decay.
@@ -56,12 +59,15 @@ class DCGANConfig:
             generator can mirror four stride-2 layers.
         n_mels: Patch height in mel bands; a multiple of 16.
         filters: Filters F of the first conv layer; layer i has F * 2**i.
-        kernel_size: Square filter size; `tied_kernel_size` ties it to the crop width.
-        fc_units: Units of the fully connected layer feeding the task heads.
-        z_dim: N_z, dimension of the generator's noise input.
-        leaky_slope: Slope of the leaky ReLUs (0.2, Radford et al. 2016).
-        dropout: Dropout before the task heads.
-        learning_rate: Adam learning rate of every update (beta_1 = 0.5, DCGAN).
+        kernel_size: Square filter size; `tied_kernel_size` ties it to the crop width
+            (W / 8: the paper's candidate sizes are stated in terms of W / 8, which we
+            use directly).
+        fc_units: Units of the fully connected layer feeding the task heads (ours).
+        z_dim: N_z, dimension of the generator's noise input (ours).
+        leaky_slope: Slope of the leaky ReLUs (0.2, Radford et al. 2016; ours).
+        dropout: Dropout before the task heads (ours; the paper names none).
+        learning_rate: Learning rate of every update (searched in the paper); Adam
+            with beta_1 = 0.5 is our choice (the DCGAN value).
         batch_size: Labelled crops per step (unlabelled batches are the same size).
         num_conv: Conv layers in the stack (4 in the paper).
     """
@@ -96,14 +102,15 @@ class DCGANConfig:
 
 
 def tied_kernel_size(crop_frames: int) -> int:
-    """Filter size tied to the crop width: ``crop_frames // 8 + 1`` (odd), at least 3.
+    """Filter size tied to the crop width W: ``W // 8`` (32 frames -> 4, 64 -> 8).
 
-    Chang & Scherer (2017, Sec. 3.3) search the filter size together with the crop
-    width; the exact rule is not given, so we keep the receptive field of the first
-    layer at about an eighth of the crop: 32 frames -> 5, 48 -> 7, 64 -> 9.
+    Chang & Scherer (2017, Sec. "Experimental Design") express the filter size through
+    W, "the selected crop width [that] gets divided by 8 to account for each halving of
+    image size from the 3 convolutional layers leading up to the last one"; the list of
+    candidate sizes was lost in the text we have, so W / 8 itself is used (at least 2;
+    our choice).
     """
-    size = crop_frames // 8 + 1
-    return max(3, size if size % 2 else size + 1)
+    return max(2, int(crop_frames) // 8)
 
 
 #: Architecture presets. ``paper``: DCGAN widths; ``cpu``: reduced width for this machine.
@@ -187,7 +194,8 @@ def build_discriminator(config, heads: dict, adversarial: bool = True,
         ValueError: No head and no adversarial output, or a head with < 2 classes.
 
     Reference:
-        Chang & Scherer, ICASSP 2017, Sec. 2.2-2.3 (Fig. 1); Radford et al., ICLR 2016.
+        Chang & Scherer, ICASSP 2017, Secs. "Multitask Deep Convolutional Generative
+        Adversarial Network" and "Experimental Design"; Radford et al., ICLR 2016.
     """
     config = get_dcgan_preset(config)
     if not heads and not adversarial:
@@ -225,7 +233,8 @@ def build_generator(config, name: str = "generator") -> keras.Model:
         log-mel patch. Layers: ``project`` (dense to (W/16, M/16, 8F)), ``deconv1..4``.
 
     Reference:
-        Radford et al., ICLR 2016 (DCGAN generator); Chang & Scherer, ICASSP 2017, Sec. 2.2.
+        Radford et al., ICLR 2016 (DCGAN generator); Chang & Scherer, ICASSP 2017, Sec.
+        "Related Work" (the DCGAN they build on).
     """
     config = get_dcgan_preset(config)
     step = 2 ** config.num_conv

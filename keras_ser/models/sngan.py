@@ -12,8 +12,9 @@ fine-tuning         ``"fake_class"``: N_c + 1 softmax       one-hot emotion
 SER network         ``"classifier"``: N_c softmax           --
 ==================  ======================================  ==========================
 
-Generator (Table 1): ``[z (N_z), c (N_c)]`` -> dense 4096 -> dense 32768 (both leaky
-ReLU) -> reshape to (8, 8, 512) -> nine 3x3 convolutions, the first eight with leaky
+Generator (Table 1; Sec. 3.1 adds the ninth, tanh layer and the nearest-neighbour
+upsampling): ``[z (N_z), c (N_c)]`` -> dense 4096 -> dense 32768 (both leaky ReLU)
+-> reshape to (8, 8, 512) -> nine 3x3 convolutions, the first eight with leaky
 ReLU and the ninth with tanh to one channel, widths 512-512-256-256-128-128-64-64-1;
 nearest-neighbour upsampling x2 after every second convolution (8 -> 128). No batch
 norm, no dropout.
@@ -29,14 +30,15 @@ training call). Keras runs the power iteration only when the layer is called wit
 generator.
 
 Patches are ``(frames, mels)`` = 128 x 128 min-max normalised log-mels (32 ms window,
-16 ms hop, 512-point FFT, 128 mel bands, ``keras_ser.features.PRESETS["eskimez"]``).
+16 ms hop, 512-point FFT, 128 mel bands, ``keras_ser.features.PRESETS["eskimez"]``;
+Sec. 4.2).
 
-Presets are data (`SNGAN_PRESETS`). ``paper`` is Table 1 exactly (N_z = 128, N_c = 4,
-G 141,838,785 and D 138,910,145 trainable parameters with the critic head). ``cpu``
-keeps the topology (same layer count, four up/down-samplings, same heads) at 64 x 64
-(64 mel bands, 64 frames), an eighth of the widths and 512-unit dense layers.
-Not in the paper and chosen here: the leaky-ReLU slope (0.2, the DCGAN value) and
-the fine-tuning learning rates (the WGAN-GP ones).
+Presets are data (`SNGAN_PRESETS`). ``paper`` is the Table 1 layers with N_z = 128
+and N_c = 4 (Sec. 4.4), which gives G 141,838,785 and D 138,910,145 trainable
+parameters with the critic head (our count; the paper gives none). ``cpu`` keeps the
+topology (same layer count, four up/down-samplings, same heads) at 64 x 64 (64 mel
+bands, 64 frames), an eighth of the widths and 512-unit dense layers. Not in the paper
+and our choice: the leaky-ReLU slope (0.2, the DCGAN value) and z ~ N(0, I).
 """
 
 from __future__ import annotations
@@ -75,9 +77,11 @@ class SNGANConfig:
         batch_size: Patches per step (paper: 32).
         ae_lr: Stage 1 Adam learning rate (paper: 5e-5).
         g_lr, d_lr: Stage 2 (WGAN-GP) Adam learning rates (paper: 2e-6, 2e-5).
-        beta_1, beta_2: Adam betas of stages 2-3 (paper: 0.5, 0.99).
+        beta_1, beta_2: Adam betas of every network, the autoencoder and the SER
+            network included (Sec. 4.4: 0.5, 0.99).
         gp_weight: WGAN-GP gradient-penalty coefficient lambda (paper: 10).
-        ft_g_lr, ft_d_lr: Stage 3 learning rates (not given; the stage-2 values).
+        ft_g_lr, ft_d_lr: Stage 3 learning rates (Sec. 4.4: 2e-6 and 2e-5, the same as
+            pre-training, "throughout GAN training").
         ser_lr: SER network learning rate (paper: 1e-5) ...
         ser_decay_steps: ... multiplied by 0.1 every this many iterations (paper: 10k).
         hop_frames: Sliding-window hop at test time (paper: 32 frames).
@@ -163,6 +167,19 @@ def get_sngan_preset(name, **changes) -> SNGANConfig:
     return config.replace(**changes) if changes else config
 
 
+def adam(learning_rate, config, name: str = "adam") -> keras.optimizers.Adam:
+    """Adam with the betas Eskimez et al. use for every network (Sec. 4.4: 0.5, 0.99).
+
+    Args:
+        learning_rate: A float or a Keras schedule.
+        config: `SNGANConfig` or preset name (``beta_1``, ``beta_2``).
+        name: Optimiser name.
+    """
+    config = get_sngan_preset(config)
+    return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
+                                 name=name)
+
+
 def _sn(layer) -> layers.Layer:
     return layers.SpectralNormalization(layer, power_iterations=1,
                                         name=f"{layer.name}_sn")
@@ -229,7 +246,7 @@ def attach_head(trunk: keras.Model, config, head: str,
         ValueError: Unknown head.
 
     Reference:
-        Eskimez et al., Interspeech 2020, Sec. 2.1-2.3 and Table 1 (output layer).
+        Eskimez et al., Interspeech 2020, Secs. 3.1-3.2 and 4.3, Table 1 (output layer).
     """
     config = get_sngan_preset(config)
     units = head_units(config, head)
@@ -270,14 +287,14 @@ def build_generator(config, name: str = "generator") -> keras.Model:
         name: Model name.
 
     Returns:
-        Functional model with inputs ``z`` ``(batch, N_z)`` (standard normal noise, or
-        the autoencoder code) and ``condition`` ``(batch, N_c)`` (one-hot emotion; zeros
-        in stages 1-2), concatenated; output ``(batch, frames, mels)`` in [-1, 1]
-        (tanh), a normalised log-mel patch. Layers ``dense1``, ``dense2``, ``conv1..9``,
-        ``up1..4``.
+        Functional model with inputs ``z`` ``(batch, N_z)`` (standard normal noise, our
+        choice, or the autoencoder code) and ``condition`` ``(batch, N_c)`` (one-hot
+        emotion; zeros in stages 1-2), concatenated; output ``(batch, frames, mels)``
+        in [-1, 1] (tanh), a normalised log-mel patch. Layers ``dense1``, ``dense2``,
+        ``conv1..9``, ``up1..4``.
 
     Reference:
-        Eskimez et al., Interspeech 2020, Table 1 (generator).
+        Eskimez et al., Interspeech 2020, Table 1 and Sec. 3.1 (generator).
     """
     config = get_sngan_preset(config)
     h, w = config.frames // 16, config.n_mels // 16

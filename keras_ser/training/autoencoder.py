@@ -2,9 +2,10 @@
 
 The discriminator, with its last layer replaced by N_z linear units, is the encoder; the
 generator is the decoder, fed the code and an N_c vector of zeros as its condition. The
-L1 distance between a patch and its reconstruction is minimised with Adam (lr 5e-5,
-Sec. 2.2 of the paper). Both networks keep their weights for stage 2 (`WGANGPTrainer`):
-the critic re-uses the encoder's trunk, the generator is the decoder itself.
+L1 distance between a patch and its reconstruction is minimised with Adam (lr 5e-5 and
+beta = (0.5, 0.99), Sec. 4.4 of the paper: the same betas for every network). Both
+networks keep their weights for stage 2 (`WGANGPTrainer`): the critic re-uses the
+encoder's trunk, the generator is the decoder itself.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import tensorflow as tf
 from keras import ops
 
 from keras_ser.models import sngan
+from keras_ser.training.base import EncoderDecoderTrainer
 
 
-class AutoencoderTrainer(keras.Model):
+@keras.saving.register_keras_serializable(package="keras_ser")
+class AutoencoderTrainer(EncoderDecoderTrainer):
     """L1 autoencoder from the SN discriminator (encoder) and generator (decoder).
 
     Args:
@@ -30,8 +33,10 @@ class AutoencoderTrainer(keras.Model):
     Metrics: ``loss`` (mean absolute reconstruction error, in normalised units).
 
     Reference:
-        Eskimez et al., Interspeech 2020, Sec. 2.2 ("autoencoder pre-training").
+        Eskimez et al., Interspeech 2020, Sec. 3.2 ("Pre-Training: Reconstruction Loss"), 4.4.
     """
+
+    CONFIG = sngan.SNGANConfig
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config, **kwargs):
         super().__init__(**kwargs)
@@ -41,23 +46,9 @@ class AutoencoderTrainer(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.built = True
 
-    def compile(self, **kwargs):
-        """Create and build the Adam optimiser (``ae_optimizer``, lr ``config.ae_lr``)."""
-        super().compile(**kwargs)
-        self.ae_optimizer = keras.optimizers.Adam(self.config.ae_lr, name="ae_adam")
-        self.ae_optimizer.build(self._ae_variables())
-
-    @property
-    def optimizers(self) -> dict:
-        """Name -> optimiser, for checkpointing."""
-        return {"ae": self.ae_optimizer}
-
     @property
     def metrics(self):
         return [self.loss_tracker]
-
-    def _ae_variables(self):
-        return self.encoder.trainable_variables + self.decoder.trainable_variables
 
     def reconstruct(self, patches, training: bool = False):
         """``decoder([encoder(x), 0])``: ``(batch, frames, mels)`` reconstructions."""
@@ -78,7 +69,7 @@ class AutoencoderTrainer(keras.Model):
         with tf.GradientTape() as tape:
             loss = self.l1(x, training=True)
         grads = tape.gradient(loss, variables)
-        self.ae_optimizer.apply_gradients(zip(grads, variables))
+        self.optimizer.apply(grads, variables)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -87,3 +78,10 @@ class AutoencoderTrainer(keras.Model):
         x = data["features"] if isinstance(data, dict) else data
         self.loss_tracker.update_state(self.l1(x, training=False))
         return {"loss": self.loss_tracker.result()}
+
+
+def optimizers(config) -> dict:
+    """`AutoencoderTrainer.compile` arguments of Eskimez et al. (2020, Sec. 4.4): Adam at
+    the config's ``ae_lr`` (paper: 5e-5) with beta = (0.5, 0.99), as for every network."""
+    config = sngan.get_sngan_preset(config)
+    return {"optimizer": sngan.adam(config.ae_lr, config, "ae_adam")}

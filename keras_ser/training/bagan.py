@@ -37,6 +37,7 @@ import numpy as np
 from keras import ops
 
 from keras_ser.models import bagan
+from keras_ser.training.base import EncoderDecoderTrainer, GANTrainer
 
 
 def _f32(x):
@@ -44,7 +45,7 @@ def _f32(x):
 
 
 @keras.saving.register_keras_serializable(package="keras_ser")
-class BaselineAutoencoderTrainer(keras.Model):
+class BaselineAutoencoderTrainer(EncoderDecoderTrainer):
     """BAGAN stage 1: encoder + decoder trained on L1 reconstruction of real patches.
 
     Args:
@@ -62,6 +63,8 @@ class BaselineAutoencoderTrainer(keras.Model):
         Interspeech 2019.
     """
 
+    CONFIG = bagan.BaselineConfig
+
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config="paper", **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
@@ -73,29 +76,6 @@ class BaselineAutoencoderTrainer(keras.Model):
     @property
     def metrics(self):
         return [self.loss_tracker]
-
-    def compile(self, learning_rate: float | None = None, **kwargs):
-        """Adam(``learning_rate`` or ``config.ae_lr``, ``config.beta_1``, ``beta_2``).
-
-        The optimiser is built at once on the trainable variables, so its state can be
-        saved before the first step.
-        """
-        lr = self.config.ae_lr if learning_rate is None else learning_rate
-        self._compile_args = {"learning_rate": float(lr)}
-        kwargs.setdefault("optimizer", keras.optimizers.Adam(
-            learning_rate=lr, beta_1=self.config.beta_1, beta_2=self.config.beta_2,
-            name="adam_autoencoder"))
-        super().compile(**kwargs)
-        self.optimizer.build(self._variables())
-
-    def get_compile_config(self):
-        return dict(getattr(self, "_compile_args", {}))
-
-    def compile_from_config(self, config):
-        self.compile(**config)
-
-    def _variables(self):
-        return list(self.encoder.trainable_weights) + list(self.decoder.trainable_weights)
 
     def call(self, features, training=False):
         code = self.encoder(features, training=training)
@@ -116,7 +96,7 @@ class BaselineAutoencoderTrainer(keras.Model):
         """
         import tensorflow as tf
 
-        variables = self._variables()
+        variables = self._ae_variables()
         with tf.GradientTape() as tape:
             loss = self._loss(data["features"], training=True)
         self.optimizer.apply(tape.gradient(loss, variables), variables)
@@ -127,22 +107,6 @@ class BaselineAutoencoderTrainer(keras.Model):
         """Mean absolute reconstruction error in inference mode."""
         self.loss_tracker.update_state(self._loss(data["features"], training=False))
         return {"loss": self.loss_tracker.result()}
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"encoder": keras.saving.serialize_keras_object(self.encoder),
-                       "decoder": keras.saving.serialize_keras_object(self.decoder),
-                       "config": self.config.to_dict()})
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
-        config["config"] = bagan.BaselineConfig.from_dict(config["config"])
-        return cls(**config)
-
 
 def encode(encoder: keras.Model, features, batch_size: int = 256) -> np.ndarray:
     """Autoencoder codes of patches, in inference mode.
@@ -189,7 +153,7 @@ def fit_class_latents(encoder: keras.Model, features, labels, config="paper",
 
 
 @keras.saving.register_keras_serializable(package="keras_ser")
-class BaselineGANTrainer(keras.Model):
+class BaselineGANTrainer(GANTrainer):
     """BAGAN stage 3: N_c + 1 class adversarial training with class-normal inputs.
 
     Args:
@@ -208,6 +172,10 @@ class BaselineGANTrainer(keras.Model):
     Reference:
         Mariani et al. 2018 (adversarial training); Chatziagapi et al., Interspeech 2019.
     """
+
+    NETWORKS = ("generator", "discriminator")
+    CONFIG = bagan.BaselineConfig
+    ARGS = ("seed",)
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model,
                  latents, config="paper", seed: int | None = None, **kwargs):
@@ -239,32 +207,6 @@ class BaselineGANTrainer(keras.Model):
     @property
     def metrics(self):
         return list(self._trackers.values())
-
-    def compile(self, g_lr: float | None = None, d_lr: float | None = None, **kwargs):
-        """Two Adam optimisers (``config.g_lr``/``d_lr`` unless given, config betas).
-
-        They are built at once on their variables, so their state can be saved before
-        the first step.
-        """
-        super().compile(**kwargs)
-        c = self.config
-
-        def adam(lr, name):
-            return keras.optimizers.Adam(learning_rate=lr, beta_1=c.beta_1, beta_2=c.beta_2,
-                                         name=name)
-
-        self._compile_args = {"g_lr": float(c.g_lr if g_lr is None else g_lr),
-                              "d_lr": float(c.d_lr if d_lr is None else d_lr)}
-        self.g_optimizer = adam(self._compile_args["g_lr"], "adam_generator")
-        self.d_optimizer = adam(self._compile_args["d_lr"], "adam_discriminator")
-        self.g_optimizer.build(self.generator.trainable_weights)
-        self.d_optimizer.build(self.discriminator.trainable_weights)
-
-    def get_compile_config(self):
-        return dict(getattr(self, "_compile_args", {}))
-
-    def compile_from_config(self, config):
-        self.compile(**config)
 
     def call(self, z, training=False):
         return _f32(self.generator(z, training=training))
@@ -349,22 +291,8 @@ class BaselineGANTrainer(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "generator": keras.saving.serialize_keras_object(self.generator),
-            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
-            "latents": self.latents.to_dict(),
-            "config": self.config.to_dict(),
-            "seed": self.seed})
+        config["latents"] = self.latents.to_dict()
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
-        config["discriminator"] = keras.saving.deserialize_keras_object(
-            config["discriminator"])
-        config["config"] = bagan.BaselineConfig.from_dict(config["config"])
-        return cls(**config)
 
 
 def generate(generator: keras.Model, latents: bagan.ClassLatents, labels, seed=None,
@@ -391,3 +319,23 @@ def generate(generator: keras.Model, latents: bagan.ClassLatents, labels, seed=N
     if not outs:
         return np.zeros((0,) + out_shape, np.float32)
     return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def _adam(learning_rate, config, name):
+    config = bagan.get_baseline_preset(config)
+    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=config.beta_1,
+                                 beta_2=config.beta_2, name=name)
+
+
+def autoencoder_optimizers(config="paper") -> dict:
+    """`BaselineAutoencoderTrainer.compile` arguments: Adam at ``config.ae_lr`` with the
+    config's betas (BAGAN's reference code: beta_1 = 0.5)."""
+    config = bagan.get_baseline_preset(config)
+    return {"optimizer": _adam(config.ae_lr, config, "adam_autoencoder")}
+
+
+def gan_optimizers(config="paper") -> dict:
+    """`BaselineGANTrainer.compile` arguments: Adam at ``config.g_lr`` / ``config.d_lr``."""
+    config = bagan.get_baseline_preset(config)
+    return {"g_optimizer": _adam(config.g_lr, config, "adam_generator"),
+            "d_optimizer": _adam(config.d_lr, config, "adam_discriminator")}

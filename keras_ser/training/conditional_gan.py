@@ -4,13 +4,16 @@ The pre-trained critic's output layer is replaced by N_c + 1 softmax units (the 
 emotions and "fake"). Each step:
 
 * discriminator: sparse categorical cross-entropy of real patches against their
-  emotion and of generated patches against the fake class (index N_c);
+  emotion and of generated patches against the fake class (index N_c) (Sec. 3.2: "we
+  use the sparse categorical cross-entropy loss");
 * generator: fed noise and a one-hot emotion drawn uniformly, trained so that the
-  discriminator assigns the intended emotion (cross-entropy against it).
+  discriminator assigns the intended emotion (cross-entropy against it). The paper
+  gives only the discriminator's loss; this generator loss, the uniform conditions and
+  z ~ N(0, I) are our choice, in the spirit of the N_c + 1 discriminators the paper
+  cites (Mariani et al. 2018; Chatziagapi et al. 2019).
 
-Adam with beta_1 = 0.5, beta_2 = 0.99 as in stage 2; the paper does not give the
-fine-tuning learning rates, so `SNGANConfig.ft_g_lr` / ``ft_d_lr`` default to the
-stage-2 values.
+Adam with beta = (0.5, 0.99) and learning rates 2e-6 (G) / 2e-5 (D) "throughout GAN
+training (both pre-training and fine-tuning)" (Sec. 4.4), `optimizers`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_ser.models import sngan
-from keras_ser.training.wgan_gp import build_adam
+from keras_ser.training.base import GANTrainer
 
 
 def _ce(labels, probs):
@@ -28,7 +31,8 @@ def _ce(labels, probs):
         labels, ops.cast(probs, "float32")))
 
 
-class ConditionalGANTrainer(keras.Model):
+@keras.saving.register_keras_serializable(package="keras_ser")
+class ConditionalGANTrainer(GANTrainer):
     """Conditional fine-tuning of the SN generator with an N_c + 1 discriminator.
 
     Args:
@@ -47,8 +51,12 @@ class ConditionalGANTrainer(keras.Model):
     outputs), ``g_acc`` (share of generated patches assigned their intended emotion).
 
     Reference:
-        Eskimez et al., Interspeech 2020, Sec. 2.3 ("conditional fine-tuning").
+        Eskimez et al., Interspeech 2020, Sec. 3.2 ("Fine-Tuning").
     """
+
+    NETWORKS = ("generator", "discriminator")
+    CONFIG = sngan.SNGANConfig
+    ARGS = ("seed",)
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, config,
                  seed: int = 0, **kwargs):
@@ -60,25 +68,12 @@ class ConditionalGANTrainer(keras.Model):
                              f"{self.config.n_classes + 1} outputs, got {units}")
         self.generator = generator
         self.discriminator = discriminator
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {k: keras.metrics.Mean(name=k)
                          for k in ("d_loss", "d_real_loss", "g_loss", "d_real_acc",
                                    "g_acc")}
         self.built = True
-
-    def compile(self, **kwargs):
-        """Create and build ``g_optimizer`` and ``d_optimizer`` (Adam)."""
-        super().compile(**kwargs)
-        c = self.config
-        self.g_optimizer = build_adam(c.ft_g_lr, c, self.generator.trainable_variables,
-                                      "g_adam")
-        self.d_optimizer = build_adam(c.ft_d_lr, c, self.discriminator.trainable_variables,
-                                      "d_adam")
-
-    @property
-    def optimizers(self) -> dict:
-        """Name -> optimiser, for checkpointing."""
-        return {"g": self.g_optimizer, "d": self.d_optimizer}
 
     @property
     def metrics(self):
@@ -130,30 +125,10 @@ class ConditionalGANTrainer(keras.Model):
         return self._step(data, training=False)
 
 
-def generate(generator: keras.Model, labels, seed: int = 0, batch_size: int = 256,
-             z_dim: int = None, n_classes: int = None):
-    """Patches of the conditional generator for integer emotion ``labels``.
-
-    Args:
-        generator: `build_generator` model (inputs ``[z, condition]``).
-        labels: ``(n,)`` ints in [0, N_c); ``-1`` gives the zero condition (stages 1-2).
-        seed: Seed of the standard-normal noise.
-        batch_size: Patches per generator call.
-        z_dim, n_classes: Read from the generator's inputs when ``None``.
-
-    Returns:
-        ``(n, frames, mels)`` float32 in [-1, 1].
-    """
-    import numpy as np
-
-    z_dim = z_dim or int(generator.inputs[0].shape[-1])
-    n_classes = n_classes or int(generator.inputs[1].shape[-1])
-    labels = np.asarray(labels, np.int64)
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((len(labels), z_dim)).astype(np.float32)
-    cond = sngan.condition_vectors(labels, n_classes)
-    out = [np.asarray(generator([z[i:i + batch_size], cond[i:i + batch_size]],
-                                training=False), np.float32)
-           for i in range(0, len(labels), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0,) + tuple(generator.output.shape[1:]),
-                                                    np.float32)
+def optimizers(config) -> dict:
+    """`ConditionalGANTrainer.compile` arguments: Adam, beta = (0.5, 0.99), the config's
+    fine-tuning learning rates (paper: the pre-training ones, G 2e-6 and D 2e-5,
+    "throughout GAN training (both pre-training and fine-tuning)", Sec. 4.4)."""
+    config = sngan.get_sngan_preset(config)
+    return {"g_optimizer": sngan.adam(config.ft_g_lr, config, "g_adam"),
+            "d_optimizer": sngan.adam(config.ft_d_lr, config, "d_adam")}

@@ -4,10 +4,13 @@
 updates run follows from the discriminator's outputs and whether a generator is given:
 
 1. generator (DCGAN models): binary cross-entropy of D(G(z)) against 1, i.e. the
-   generator is scored on generated samples classified as real; z ~ N(0, I) of size N_z;
+   generator is scored on generated samples classified as real; z ~ N(0, I) of size N_z
+   (our choice; the paper gives no noise distribution);
 2. discriminator (DCGAN models): binary cross-entropy with real = 1 on a batch of real
-   crops (unlabelled speech, or the labelled batch without its labels) and generated = 0
-   on fresh samples G(z);
+   crops and generated = 0 on fresh samples G(z). The real crops are the labelled batch
+   without its labels, joined by a batch of unlabelled speech when there is one: the
+   paper's unlabelled data are "audio from the AMI and IEMOCAP datasets" (Sec. "Data
+   Corpus"), the labelled corpus's audio included;
 3. one update per task head in order (primary first, then valence, activation):
    cross-entropy between the head's softmax and the target distribution -- one-hot for a
    categorical label, the fuzzy label for a mean rating (4.5 -> [0, 0, 0, .5, .5]).
@@ -15,14 +18,16 @@ updates run follows from the discriminator's outputs and whether a generator is 
 The order -- generator, discriminator, then the task heads -- follows the paper's
 description of its training loop.
 
-Each update has its own Adam optimiser (learning rate from the config, beta_1 = 0.5,
-Radford et al. 2016) and moves only the variables on its path: the conv stack is shared
-by every update, the ``fc`` layer by the task updates, each head by its own update.
+Each update has its own optimiser, given to `MultitaskGANTrainer.compile`
+(`adam_optimizers` builds the defaults: Adam with the config's learning rate and
+beta_1 = 0.5, the DCGAN value of Radford et al. 2016; Chang & Scherer do not name an
+optimiser), and moves only the variables on its path: the conv stack is shared by every
+update, the ``fc`` layer by the task updates, each head by its own update.
 
 Batches are dicts: ``features`` ``(batch, W, M)`` labelled crops; one target per head
 (``(batch,)`` int class for a categorical head, ``(batch, 5)`` distribution for a
 rating head, rows of NaN for unrated examples, which are left out of that loss); and
-optionally ``unlabelled`` ``(batch_u, W, M)`` crops that feed the GAN path only.
+optionally ``unlabelled`` ``(batch_u, W, M)`` crops that feed only the GAN path.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ import keras
 from keras import ops
 
 from keras_ser.models import dcgan
+from keras_ser.training.base import Trainer
 
 
 @keras.saving.register_keras_serializable(package="keras_ser")
-class MultitaskGANTrainer(keras.Model):
+class MultitaskGANTrainer(Trainer):
     """BasicCNN / MultitaskCNN / BasicDCGAN / MultitaskDCGAN trainer.
 
     Args:
@@ -57,8 +63,12 @@ class MultitaskGANTrainer(keras.Model):
 
     Reference:
         Chang & Scherer, "Learning representations of emotional speech with deep
-        convolutional generative adversarial networks", ICASSP 2017, Sec. 2-3.
+        convolutional generative adversarial networks", ICASSP 2017, Secs. "Related
+        Work" and "Multitask Deep Convolutional Generative Adversarial Network".
     """
+
+    NETWORKS = ("discriminator", "generator")
+    ARGS = ("categorical", "seed")
 
     def __init__(self, discriminator: keras.Model, generator: Optional[keras.Model] = None,
                  categorical=("emotion",), seed: Optional[int] = None, **kwargs):
@@ -74,6 +84,7 @@ class MultitaskGANTrainer(keras.Model):
         self.primary = self.tasks[0] if self.tasks else None
         self.categorical = tuple(categorical)
         self.z_dim = generator.input.shape[-1] if generator is not None else None
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._variables_by_path = self._split_variables()
         self._trackers = {}
@@ -109,19 +120,59 @@ class MultitaskGANTrainer(keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
-    def compile(self, learning_rate: float = 2e-4, beta_1: float = 0.5, **kwargs):
-        """One Adam optimiser per update (discriminator, generator, each head).
+    def compile(self, g_optimizer=None, d_optimizer=None, task_optimizers=None, **kwargs):
+        """Take one optimiser per update, keras-io style, and build each on its variables.
 
-        The optimisers are built at once on their variables, so their state can be
-        saved and restored before the first step (`keras_ser.training.callbacks`).
+        Args:
+            g_optimizer, d_optimizer: The generator's and the real/fake discriminator's
+                (DCGAN models only).
+            task_optimizers: ``{task: optimiser}`` for every head.
+
+        Raises:
+            ValueError: An update without its optimiser, or one given for an update the
+                model does not have.
+
+        Building the optimisers here lets a checkpoint restore their state before the
+        first step (`keras_ser.training.resumable`).
         """
-        super().compile(**kwargs)
-        self.update_optimizers = {
-            path: keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1,
-                                        name=f"adam_{path}")
-            for path in self._variables_by_path}
-        for path, opt in self.update_optimizers.items():
+        super().compile(optimizer=None, **kwargs)
+        given = dict(task_optimizers or {})
+        if g_optimizer is not None:
+            given["g"] = g_optimizer
+        if d_optimizer is not None:
+            given["d"] = d_optimizer
+        missing = sorted(set(self._variables_by_path) - set(given))
+        extra = sorted(set(given) - set(self._variables_by_path))
+        if missing or extra:
+            raise ValueError(f"optimisers needed for {sorted(self._variables_by_path)}; "
+                             f"missing {missing}, unexpected {extra}")
+        self.g_optimizer, self.d_optimizer = given.get("g"), given.get("d")
+        self.task_optimizers = {t: given[t] for t in self.tasks}
+        for path, opt in self._optimizers().items():
             opt.build(self._variables_by_path[path])
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return None
+        config = {"task_optimizers": {t: keras.optimizers.serialize(o)
+                                      for t, o in self.task_optimizers.items()}}
+        if self.generator is not None:
+            config.update(g_optimizer=keras.optimizers.serialize(self.g_optimizer),
+                          d_optimizer=keras.optimizers.serialize(self.d_optimizer))
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        tasks = {t: keras.optimizers.deserialize(o)
+                 for t, o in config.pop("task_optimizers").items()}
+        self.compile(task_optimizers=tasks,
+                     **{k: keras.optimizers.deserialize(v) for k, v in config.items()})
+
+    def _optimizers(self) -> dict:
+        out = dict(self.task_optimizers)
+        if self.generator is not None:
+            out.update(g=self.g_optimizer, d=self.d_optimizer)
+        return out
 
     def call(self, features, training=False):
         return self.discriminator(features, training=training)[self.primary]
@@ -132,7 +183,7 @@ class MultitaskGANTrainer(keras.Model):
     def _apply(self, path, tape, loss):
         variables = self._variables_by_path[path]
         grads = tape.gradient(loss, variables)
-        self.update_optimizers[path].apply(grads, variables)
+        self._optimizers()[path].apply(grads, variables)
 
     def _task_loss(self, task, probs, target):
         """Mean cross-entropy over examples with a target; accuracy of the argmax."""
@@ -169,7 +220,8 @@ class MultitaskGANTrainer(keras.Model):
         x = data["features"]
         logs = {}
         if self.generator is not None:
-            real = data.get("unlabelled", x)
+            real = x if "unlabelled" not in data else ops.concatenate(
+                [data["unlabelled"], x], axis=0)
             batch = ops.shape(real)[0]
             with tf.GradientTape() as tape:
                 dcgan.freeze_moving_statistics(self.discriminator, True)
@@ -213,19 +265,19 @@ class MultitaskGANTrainer(keras.Model):
         return {m.name: m.result() for m in self.metrics
                 if not m.name.startswith(("d_", "g_"))}
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
-            "generator": (keras.saving.serialize_keras_object(self.generator)
-                          if self.generator is not None else None),
-            "categorical": list(self.categorical)})
-        return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
-        if config.get("generator") is not None:
-            config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
-        return cls(**config)
+def adam_optimizers(trainer: MultitaskGANTrainer, learning_rate: float,
+                    beta_1: float = 0.5) -> dict:
+    """Keyword arguments of `MultitaskGANTrainer.compile`: one Adam per update.
+
+    beta_1 = 0.5 is the DCGAN value (Radford et al. 2016); the learning rate is searched
+    per model (Chang & Scherer 2017, Sec. "Experimental Design").
+    """
+    def adam(name):
+        return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1,
+                                     name=f"adam_{name}")
+
+    out = {"task_optimizers": {t: adam(t) for t in trainer.tasks}}
+    if trainer.generator is not None:
+        out.update(g_optimizer=adam("g"), d_optimizer=adam("d"))
+    return out

@@ -2,7 +2,7 @@
 
 The critic is the SN discriminator with a single linear output, initialised (like the
 generator) from the stage-1 autoencoder; the condition input of the generator stays
-zero. One critic step per generator step (Sec. 2.2 of the paper), Adam with
+zero. One critic step per generator step (Sec. 3.1 of the paper), Adam with
 beta_1 = 0.5, beta_2 = 0.99, learning rates 2e-5 (critic) and 2e-6 (generator),
 gradient-penalty coefficient 10.
 
@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_ser.models import sngan
+from keras_ser.training.base import GANTrainer
 
 
 def _f32(x):
@@ -52,16 +53,8 @@ def gradient_penalty(critic, real, fake, epsilon, training: bool = True):
     return ops.mean(ops.square(norms - 1.0))
 
 
-def build_adam(learning_rate: float, config, variables, name: str):
-    """Adam with the SN-GAN's betas (Eskimez et al. 2020: 0.5, 0.99), built on ``variables``
-    so its state can be restored from a checkpoint before the first step."""
-    optimizer = keras.optimizers.Adam(learning_rate, beta_1=config.beta_1,
-                                      beta_2=config.beta_2, name=name)
-    optimizer.build(variables)
-    return optimizer
-
-
-class WGANGPTrainer(keras.Model):
+@keras.saving.register_keras_serializable(package="keras_ser")
+class WGANGPTrainer(GANTrainer):
     """WGAN-GP trainer of the SN generator and critic.
 
     Args:
@@ -78,8 +71,12 @@ class WGANGPTrainer(keras.Model):
     lambda), ``w_distance`` (E[D(x)] - E[D(G(z))], the critic's Wasserstein estimate).
 
     Reference:
-        Eskimez et al., Interspeech 2020, Sec. 2.2; Gulrajani et al., NeurIPS 2017.
+        Eskimez et al., Interspeech 2020, Secs. 3.1-3.2, 4.4; Gulrajani et al., NeurIPS 2017.
     """
+
+    NETWORKS = ("generator", "critic")
+    CONFIG = sngan.SNGANConfig
+    ARGS = ("n_critic", "seed")
 
     def __init__(self, generator: keras.Model, critic: keras.Model, config,
                  n_critic: int = 1, seed: int = 0, **kwargs):
@@ -92,20 +89,9 @@ class WGANGPTrainer(keras.Model):
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         self.trackers = {k: keras.metrics.Mean(name=k)
                          for k in ("d_loss", "g_loss", "gp", "w_distance")}
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
-
-    def compile(self, **kwargs):
-        """Create the two Adam optimisers (``g_optimizer``, ``d_optimizer``) and build them."""
-        super().compile(**kwargs)
-        c = self.config
-        self.g_optimizer = build_adam(c.g_lr, c, self.generator.trainable_variables, "g_adam")
-        self.d_optimizer = build_adam(c.d_lr, c, self.critic.trainable_variables, "d_adam")
-
-    @property
-    def optimizers(self) -> dict:
-        """Name -> optimiser, for checkpointing."""
-        return {"g": self.g_optimizer, "d": self.d_optimizer}
 
     @property
     def metrics(self):
@@ -156,3 +142,11 @@ class WGANGPTrainer(keras.Model):
                            ("w_distance", w)):
             self.trackers[key].update_state(value)
         return {k: t.result() for k, t in self.trackers.items()}
+
+
+def optimizers(config) -> dict:
+    """`WGANGPTrainer.compile` arguments of Eskimez et al. (2020, Sec. 4.4): Adam with
+    beta = (0.5, 0.99) and the config's learning rates (paper: G 2e-6, D 2e-5)."""
+    config = sngan.get_sngan_preset(config)
+    return {"g_optimizer": sngan.adam(config.g_lr, config, "g_adam"),
+            "d_optimizer": sngan.adam(config.d_lr, config, "d_adam")}

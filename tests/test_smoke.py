@@ -16,19 +16,17 @@ import soundfile
 import tensorflow as tf
 
 from keras_ser import cli as keras_ser_cli
-from tfrecords_tools import cli, synthetic
+from tfrecords_tools import cli
 from tfrecords_tools.reader import get_reader, load_all
 from tfrecords_tools.schema import Skipped, Utterance, read_example
-from tfrecords_tools.synthetic import (
+from tfrecords_tools.smoke import (
     CLASSES,
     LABEL_FILE,
-    STYLES,
-    VOWELS,
+    SmokeReader,
     make_smoke_corpus,
-    speaker_profiles,
-    synthesise_utterance,
     write_smoke_wavs,
 )
+from tfrecords_tools.voice import STYLES, VOWELS, speaker_profiles, synthesise_utterance
 
 
 def _records(out):
@@ -64,7 +62,7 @@ def test_synthesise_utterance_is_deterministic_for_a_seed_and_differs_across_see
     again = synthesise_utterance(np.random.default_rng(7), speaker, "happiness")
     other = synthesise_utterance(np.random.default_rng(8), speaker, "happiness")
     assert np.array_equal(first[0], again[0]) and first[1] == again[1]
-    assert first[0].shape != other[0].shape or not np.array_equal(first[0], other[0])
+    assert not np.array_equal(first[0], other[0])
     assert first[1] != other[1]
     for waveform, segments in (first, other):
         assert waveform.dtype == np.float32 and waveform.ndim == 1
@@ -140,7 +138,6 @@ def test_ratings_are_three_integers_whose_mean_is_stored_and_orders_the_classes(
             ratings = r[f"{dim}_ratings"]
             assert len(ratings) == 3 and all(v in (1, 2, 3, 4, 5) for v in ratings)
             assert r[dim] == pytest.approx(np.mean(ratings), abs=1e-6)
-            assert 1.0 <= r[dim] <= 5.0
             non_integer += r[dim] != round(r[dim])
             means[r["emotion"]][dim].append(r[dim])
     assert non_integer > 80
@@ -228,12 +225,11 @@ def test_missing_or_bad_label_entries_and_missing_audio_are_skipped_with_reasons
 
 def test_smoke_is_registered_and_the_command_line_can_generate_the_corpus(tmp_path,
                                                                          monkeypatch, capsys):
-    assert load_all()["smoke"] is synthetic.SmokeReader
+    assert load_all()["smoke"] is SmokeReader
     with pytest.raises(FileNotFoundError, match=LABEL_FILE):
         list(get_reader("smoke").scan(str(tmp_path)))
-    small = synthetic.write_smoke_wavs
-    monkeypatch.setattr(synthetic, "write_smoke_wavs",
-                        lambda folder: small(folder, speakers=1, per_class=2))
+    monkeypatch.setattr("tfrecords_tools.smoke.write_smoke_wavs",
+                        lambda folder: write_smoke_wavs(folder, speakers=1, per_class=2))
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     assert cli.main(["smoke", str(src), str(out), "--generate", "--quiet"]) == 0

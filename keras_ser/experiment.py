@@ -1,0 +1,431 @@
+"""What every recipe shares: options, corpus loading, folds, the fold runner, results, export.
+
+A recipe (``recipes/*.py``) reads like its paper's method section because the plumbing
+lives here:
+
+- `parser`: the common options (``--corpus --data --unlabelled --classes --preset
+  --folds --models/--variants --seed --out --verbose --no-export``);
+- `load_corpus`: the labelled corpus (converted on the fly, or the built-in smoke-test
+  corpus when ``--data`` is absent) and unlabelled speech; bad input raises `BadInput`,
+  which `recipe_main` turns into a one-line error and exit status 2;
+- `choose_folds`: the protocol's folds saved to ``folds.json``, then `keras_ser.folds.select`
+  (one meaning of ``--folds`` everywhere: a count or held-out names);
+- `write_config`: ``config.json`` with the options and every hyper-parameter;
+- `run_folds`: each (row, fold) in its own folder; a folder with ``result.json`` is read
+  back, the others (re)start and resume from their checkpoints. Keras' global seed is
+  set from ``(seed, row, fold)`` before each, so a fold's initial weights do not depend
+  on which folds ran before it in the same process;
+- `write_results`: ``results.json`` (deterministic: no wall-clock times, which go to
+  ``timing.json``) and ``results.md`` with the paper's table (mean ± std over folds)
+  and a per-fold table, parameterised by the metrics the paper reports;
+- `export`: the chosen classifier as a waveform-in SavedModel in TensorFlow Serving's
+  ``export/<name>/<version>/`` layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+
+from keras_ser import folds as kfolds
+from keras_ser import io, metrics, seeds
+from keras_ser.training.resumable import is_scalar
+
+
+class BadInput(Exception):
+    """Bad options or data: the recipe prints the message and exits with status 2."""
+
+
+def recipe_main(main: Callable) -> Callable:
+    """Decorate a recipe's ``main(argv)``: `BadInput` -> status 2, a diverged training
+    stage -> status 3, each with a one-line ``error:`` message on stderr."""
+    from keras_ser.training.resumable import DivergenceError
+
+    @functools.wraps(main)
+    def wrapped(argv=None) -> int:
+        try:
+            return main(argv)
+        except BadInput as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except DivergenceError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+    return wrapped
+
+
+def parser(doc: str, presets: Sequence[str], rows: tuple | None = None,
+           default_preset: str = "cpu") -> argparse.ArgumentParser:
+    """An argument parser with the options every recipe has.
+
+    Args:
+        doc: The recipe's module docstring (its first paragraph is the description).
+        presets: Names accepted by ``--preset``.
+        rows: ``(option, choices, default)`` of the table rows, e.g. ``("models",
+            MODELS, "basic_cnn,...")``; the option takes a comma-separated subset.
+        default_preset: ``--preset`` default.
+    """
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default=None,
+                   help="reader name (emodb, iemocap, ravdess, ...); default: the built-in "
+                        "smoke-test corpus when --data is not given")
+    p.add_argument("--data", default=None,
+                   help="corpus folder as released, or a record folder from the converter")
+    p.add_argument("--unlabelled", nargs="*", default=[],
+                   help="unlabelled speech: audio folders (read with the 'speech' reader) "
+                        "or record folders")
+    p.add_argument("--classes", default=None, help="comma-separated emotion classes")
+    p.add_argument("--preset", choices=sorted(presets), default=default_preset)
+    p.add_argument("--folds", default=None,
+                   help="a number N (the first N folds) or comma-separated held-out "
+                        "speakers, sessions or fold names")
+    if rows is not None:
+        name, choices, default = rows
+        p.add_argument(f"--{name}", default=default,
+                       help=f"comma-separated subset of {','.join(choices)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (default runs/<recipe>-<corpus>-"
+                                               "<preset>)")
+    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    p.add_argument("--verbose", type=int, default=None,
+                   help="Keras fit verbosity (default: progress bar on a terminal, else 2)")
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long a recipe trains: the values the papers leave open, one per preset.
+
+    Attributes:
+        max_epochs: Epoch budget (early stopping usually ends sooner).
+        patience: Epochs without a new best validation score before stopping.
+        batch_size: Batch size, when the recipe's model config does not hold it.
+        max_trials: Random-search trials per model (``--search``).
+    """
+
+    max_epochs: int
+    patience: int
+    batch_size: int | None = None
+    max_trials: int | None = None
+
+    @staticmethod
+    def add_options(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
+        """Options overriding the named fields of the preset's schedule
+        (``--max-epochs``, ``--patience``, ``--batch-size``, ``--max-trials``)."""
+        for name in names:
+            p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
+                           help=f"override the preset's {name}")
+
+    def override(self, args) -> "Schedule":
+        """This schedule with the options given on the command line."""
+        changes = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields."""
+        return dataclasses.asdict(self)
+
+
+def rows_of(text: str, choices: Sequence[str], option: str) -> list:
+    """The comma-separated rows of ``--<option>``, checked.
+
+    Raises:
+        BadInput: An unknown or no row.
+    """
+    chosen = [r.strip() for r in str(text).split(",") if r.strip()]
+    bad = [r for r in chosen if r not in choices]
+    if bad or not chosen:
+        raise BadInput(f"unknown --{option} {bad or chosen}; choose from {list(choices)}")
+    return chosen
+
+
+def verbosity(args) -> int:
+    """``--verbose``, or a progress bar on a terminal and one line per epoch otherwise."""
+    return args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+
+
+@dataclasses.dataclass
+class Corpus:
+    """The data of a run.
+
+    Attributes:
+        name: Reader name (``"smoke"`` for the built-in corpus).
+        records: Record folder of the labelled corpus.
+        stats: Its ``stats.json``.
+        unlabelled: Record folders of unlabelled speech.
+        smoke: True for the built-in smoke-test corpus.
+    """
+
+    name: str
+    records: str
+    stats: dict
+    unlabelled: list
+    smoke: bool
+
+    @property
+    def present(self) -> list:
+        """Emotion classes with at least one record, sorted."""
+        return sorted(k for k, v in self.stats.get("emotion", {}).items() if v > 0)
+
+
+def load_corpus(args, out: str, options: dict | None = None) -> Corpus:
+    """Convert (or reuse) the corpus of ``--data`` and the ``--unlabelled`` folders.
+
+    Without ``--data`` the built-in smoke-test corpus is written under ``out`` and its
+    banner printed.
+
+    Args:
+        args: Parsed options (``corpus``, ``data``, ``unlabelled``).
+        out: Run folder.
+        options: Reader options the recipe needs (e.g. IEMOCAP's ``merge_excited``).
+
+    Raises:
+        BadInput: ``--data`` without ``--corpus``, an unknown reader, a missing or
+            unreadable corpus (the message names the file and the problem).
+    """
+    from tfrecords_tools import smoke
+    from tfrecords_tools import writer as twriter
+
+    if args.data is not None and args.corpus is None:
+        raise BadInput("--data needs --corpus (a reader name)")
+    try:
+        if args.data is None:
+            records = smoke.smoke_records(out)
+        else:
+            records = twriter.records_for(args.corpus, args.data, out,
+                                          options=options if args.corpus == "iemocap" else None)
+        unlabelled = [twriter.records_for("speech", d, os.path.join(
+            out, "unlabelled", os.path.basename(os.path.normpath(d)))) for d in args.unlabelled]
+        stats = io.read_json(os.path.join(records, "stats.json"))
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        raise BadInput(str(err).strip("'\"")) from None
+    return Corpus(args.corpus or "smoke", records, stats, unlabelled, args.data is None)
+
+
+def choose_classes(corpus: Corpus, requested: str | None, default: Sequence[str] | None = None,
+                   minimum: int = 2) -> list:
+    """The emotion classes of a run: ``--classes``, else ``default``, else all present.
+
+    Raises:
+        BadInput: A class the corpus does not have, or fewer than ``minimum``.
+    """
+    if requested:
+        classes = [c.strip() for c in requested.split(",") if c.strip()]
+    else:
+        classes = list(default) if default else corpus.present
+    missing = [c for c in classes if c not in corpus.present]
+    if missing or len(classes) < minimum:
+        raise BadInput(f"--classes: {missing or classes} not usable; {corpus.records} has "
+                       f"{corpus.present}")
+    return classes
+
+
+def choose_folds(corpus: Corpus, protocol: str, chosen, out: str, **options) -> list:
+    """The protocol's folds from ``stats.json``, saved to ``out/folds.json``, then the
+    ``--folds`` selection (`keras_ser.folds.select`).
+
+    Raises:
+        BadInput: The corpus does not fit the protocol, or ``--folds`` names no fold.
+    """
+    try:
+        every = kfolds.folds_from_stats(corpus.stats, protocol, **options)
+        kfolds.save_folds(os.path.join(out, "folds.json"), every, protocol, corpus=corpus.name)
+        return kfolds.select(every, chosen)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+
+
+def out_dir(args, recipe: str) -> str:
+    """``--out``, or ``runs/<recipe>-<corpus>-<preset>`` (created)."""
+    out = args.out or os.path.join("runs", f"{recipe}-{args.corpus or 'smoke'}-{args.preset}")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def write_config(out: str, args, argv, corpus: Corpus, **config) -> dict:
+    """Write ``config.json``: the command line, the data and every hyper-parameter.
+
+    Values with ``to_dict`` (the preset dataclasses) are written as dicts.
+    """
+    document = {"argv": list(sys.argv[1:] if argv is None else argv), "corpus": corpus.name,
+                "records": corpus.records, "unlabelled": corpus.unlabelled,
+                "smoke_test_corpus": corpus.smoke, "seed": args.seed, "preset": args.preset,
+                **{k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in config.items()}}
+    io.write_json(os.path.join(out, "config.json"), document)
+    return document
+
+
+def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
+              fn: Callable, folder: Callable | None = None) -> list:
+    """Run ``fn`` for every (row, fold), resuming: finished folds are read back.
+
+    Args:
+        out: Run folder.
+        rows: Table rows (models, variants); ``[None]`` for a recipe whose fold
+            function produces every row at once.
+        folds: `keras_ser.folds.Fold` objects (or names).
+        seed: The run seed.
+        fn: ``fn(row, fold, folder, seed) -> dict`` where ``seed`` is derived from
+            ``(seed, row, fold)``; Keras' global seed is set to it first.
+        folder: ``folder(row, fold) -> path``; default ``out/runs/<row>/<fold>``.
+
+    Returns:
+        The fold results, rows outer, folds inner. Each is also written to
+        ``<folder>/result.json`` with ``seconds``, its wall time.
+    """
+    import keras
+
+    results = []
+    for row in rows:
+        for k, fold in enumerate(folds):
+            name = getattr(fold, "name", fold)
+            path = (folder(row, fold) if folder else
+                    os.path.join(out, "runs", *([row] if row else []), name))
+            done = os.path.join(path, "result.json")
+            label = f"[{row}] " if row else ""
+            if os.path.isfile(done):
+                print(f"{label}fold {k + 1}/{len(folds)} {name}: finished earlier")
+                results.append(io.read_json(done))
+                continue
+            print(f"{label}fold {k + 1}/{len(folds)} {name}" + (
+                f": validate on {','.join(fold.validation)}, test on {','.join(fold.test)}"
+                if hasattr(fold, "test") and fold.validation else ""), flush=True)
+            fold_seed = seeds.derive(seed, row or "", name)
+            keras.utils.set_random_seed(fold_seed)
+            start = time.time()
+            result = fn(row, fold, path, fold_seed)
+            result["seconds"] = round(time.time() - start, 1)
+            io.write_json(done, result)
+            results.append(result)
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A column of a results table: ``key`` in each fold's test scores, its ``title``,
+    and whether it is a fraction printed as a percentage."""
+
+    key: str
+    title: str
+    percent: bool = True
+
+
+def _cell(entry: dict, metric: Metric) -> str:
+    if metric.key not in entry or math.isnan(entry[metric.key]["mean"]):
+        return "–"
+    scale = 100.0 if metric.percent else 1.0
+    digits = 1 if metric.percent else 3
+    m, s = entry[metric.key]["mean"] * scale, entry[metric.key]["std"] * scale
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def summarise(entries: Sequence[dict], rows: Sequence[str], keys: Sequence[str]) -> dict:
+    """Per row, every metric of ``keys`` over folds: ``{"folds", "mean", "std"}``
+    (population std over the folds with a finite value) and the fold names.
+
+    Args:
+        entries: ``{"row", "fold", "test": {key: value}}`` dicts.
+    """
+    summary = {}
+    for row in rows:
+        mine = [e for e in entries if e["row"] == row]
+        if not mine:
+            continue
+        entry = {"folds": [e["fold"] for e in mine]}
+        for key in keys:
+            values = [float(e["test"][key]) for e in mine
+                      if is_scalar(e["test"].get(key))]
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                mean, std = metrics.mean_std(finite)
+                entry[key] = {"folds": values, "mean": mean, "std": std}
+        summary[row] = entry
+    return summary
+
+
+def write_results(out: str, *, title: str, header: Sequence[str], entries: Sequence[dict],
+                  rows: Sequence[str], row_titles: dict, columns: Sequence[Metric],
+                  main: Metric, folds: Sequence[dict], smoke: bool, started: float,
+                  sections: Sequence[str] = (), document: dict | None = None,
+                  row_header: str = "Model") -> dict:
+    """Write ``results.json``, ``results.md`` and ``timing.json``; print the Markdown.
+
+    Args:
+        out: Run folder.
+        title: Markdown title.
+        header: Lines (bullets) under the title: protocol, targets, budgets.
+        entries: ``{"row", "fold", "test"}`` per row and fold.
+        rows: Row order; ``row_titles`` names them.
+        columns: The paper's metrics (table columns).
+        main: The metric of the per-fold table.
+        folds: The full fold results (stored in ``results.json`` without ``seconds``).
+        smoke: Put the smoke-test banner at the top.
+        started: ``time.time()`` at the start of this invocation.
+        sections: Further Markdown sections (e.g. Fréchet distances).
+        document: Further ``results.json`` entries (hyper-parameters, classes).
+        row_header: Title of the row column.
+
+    Returns:
+        The summary (`summarise`).
+    """
+    from tfrecords_tools import smoke as smoke_corpus
+
+    summary = summarise(entries, rows, [c.key for c in columns] + [main.key])
+    used = [c for c in columns if any(c.key in e for e in summary.values())]
+    table = [f"| {row_header} | folds | " + " | ".join(c.title for c in used) + " |",
+             "|---|---|" + "---|" * len(used)]
+    for row, entry in summary.items():
+        table.append(f"| {row_titles.get(row, row)} | {len(entry['folds'])} | "
+                     + " | ".join(_cell(entry, c) for c in used) + " |")
+    present = [r for r in rows if r in summary]
+    names = list(dict.fromkeys(e["fold"] for e in entries))
+    per_fold = ["| Fold | " + " | ".join(row_titles.get(r, r) for r in present) + " |",
+                "|---|" + "---|" * len(present)]
+    scale = 100.0 if main.percent else 1.0
+    for name in names:
+        cells = []
+        for r in present:
+            hit = [e for e in entries if e["row"] == r and e["fold"] == name]
+            value = hit[0]["test"].get(main.key) if hit else None
+            cells.append("–" if value is None else f"{scale * value:.1f}")
+        per_fold.append(f"| {name} | " + " | ".join(cells) + " |")
+    wall = time.time() - started
+    text = "\n\n".join([
+        f"# {title}", *([f"**{smoke_corpus.BANNER}**"] if smoke else []),
+        "\n".join(f"- {line}" for line in header) + f"\n- Wall time of this invocation: "
+        f"{wall / 60:.1f} min (folds finished by an earlier invocation are not re-timed).",
+        "## Test results (mean ± std over folds)", "\n".join(table),
+        f"## {main.title} per fold" + (" (%)" if main.percent else ""), "\n".join(per_fold),
+        *sections]) + "\n"
+    clean = [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
+    io.write_json(os.path.join(out, "results.json"), {
+        "title": title, "rows": present, "metrics": [c.key for c in used], **(document or {}),
+        "summary": summary, "folds": clean})
+    io.write_json(os.path.join(out, "timing.json"), {
+        "wall_seconds": round(wall, 1),
+        "folds": {f"{f.get('row') or ''}/{f['fold']}".lstrip("/"): f.get("seconds")
+                  for f in folds}})
+    io.write_text(os.path.join(out, "results.md"), text)
+    print("\n" + text)
+    return summary
+
+
+def export(out: str, name: str, classifier, front, class_names, extra: dict) -> str:
+    """Export ``classifier`` behind ``front`` to ``out/export/<name>/1`` (a re-run
+    replaces the run's version 1; serve ``out/export/<name>`` with TensorFlow Serving)."""
+    from keras_ser.serving.builders import build_serving_model
+    from keras_ser.serving.savedmodel import export_model
+
+    serving = build_serving_model(classifier, front, class_names)
+    path = export_model(serving, os.path.join(out, "export"), name, class_names=class_names,
+                        front=front, extra=extra, version=1)
+    print(f"exported {name} -> {path}")
+    return path
