@@ -23,7 +23,8 @@ Method (the paper's Secs. 2-3; `main` follows it):
    ``oversampling`` (happiness and anger twice), ``vtlp`` (a warp per example in training
    and validation, majority vote over alpha = 0.90, ..., 1.10 at test), ``8khz`` (the best
    model); Table 3 ``recurrent_bn_16/32/64`` (the best model with recurrent batch norm);
-   and ``vtlp_epoch`` (one warp per epoch), ``layerwise`` (eq. 6).
+   and ``vtlp_epoch`` (one warp per epoch), ``layerwise`` (eq. 6), ``conv_bn`` (batch
+   norm in the convolution blocks, ours).
 6. Results. ``results.json``/``results.md``: WA, UA and macro-F1 (mean ± std over
    folds) and the per-fold table; TensorBoard logs with each layer group's gradient norm
    (Figure 3); the best row's model exported as a SavedModel (with its 11-copy vote when

@@ -631,7 +631,8 @@ def test_keras_save_load_and_saved_model_export(tmp_path):
 def test_variant_config_gives_the_rows_of_tables_1_and_3():
     """Table 1 adds oversampling, per-example VTLP, then the 8 kHz front end, all without
     batch norm; Table 3 is that best model with recurrent BN at batch 16, 32 and 64;
-    ``layerwise`` is the best model with eq. 6; absent oversampled classes are dropped."""
+    ``layerwise`` is the best model with eq. 6, ``conv_bn`` with batch norm in the
+    convolution blocks; absent oversampled classes are dropped."""
     assert protocol.TABLE_1 == ("baseline", "oversampling", "vtlp", "8khz")
     assert protocol.TABLE_3 == ("recurrent_bn_16", "recurrent_bn_32", "recurrent_bn_64")
     base = protocol.TrainConfig(seed=3, max_epochs=12)
@@ -653,6 +654,7 @@ def test_variant_config_gives_the_rows_of_tables_1_and_3():
         assert row(f"recurrent_bn_{batch}") == (best.replace(batch_size=batch),
                                                net.replace(recurrent_bn=True))
     assert row("layerwise") == (best.replace(layerwise=True), net)
+    assert row("conv_bn") == (best, net.replace(conv_bn=True))
     assert best.to_dict()["oversample"] == ["happiness", "anger"]
     train, _ = protocol.variant_config("8khz", base, net, ["anger", "neutral", "sadness"])
     assert train.oversample == ("anger",)

@@ -100,7 +100,8 @@ _BEST = {"oversample": ("happiness", "anger"), "vtlp": "example", "features": "e
 
 #: Ablation rows: training changes and model changes. Table 1 adds one technique per
 #: row; Table 3 is the best model with recurrent batch norm at batch 16, 32 and 64;
-#: ``vtlp_epoch`` is the first VTLP strategy and ``layerwise`` the optimiser of eq. 6.
+#: ``vtlp_epoch`` is the first VTLP strategy, ``layerwise`` the optimiser of eq. 6 and
+#: ``conv_bn`` our masked batch norm in the convolution blocks.
 VARIANTS = {
     "baseline": ({}, {}),
     "oversampling": ({"oversample": ("happiness", "anger")}, {}),
@@ -111,6 +112,7 @@ VARIANTS = {
     "recurrent_bn_32": ({**_BEST, "batch_size": 32}, {"recurrent_bn": True}),
     "recurrent_bn_64": ({**_BEST, "batch_size": 64}, {"recurrent_bn": True}),
     "layerwise": ({**_BEST, "layerwise": True}, {}),
+    "conv_bn": (_BEST, {"conv_bn": True}),
 }
 #: Row titles of the ablation table.
 VARIANT_TITLES = {
@@ -123,6 +125,7 @@ VARIANT_TITLES = {
     "recurrent_bn_32": "best + recurrent BN, batch 32",
     "recurrent_bn_64": "best + recurrent BN, batch 64",
     "layerwise": "best + layer-wise SGD (eq. 6)",
+    "conv_bn": "best + batch norm in the conv blocks (ours)",
 }
 #: The paper's Table 1 rows (the default) and Table 3 rows.
 TABLE_1 = ("baseline", "oversampling", "vtlp", "8khz")
