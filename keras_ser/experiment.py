@@ -185,7 +185,8 @@ def load_corpus(args, out: str, options: dict | None = None) -> Corpus:
     Args:
         args: Parsed options (``corpus``, ``data``, ``unlabelled``).
         out: Run folder.
-        options: Reader options the recipe needs (e.g. IEMOCAP's ``merge_excited``).
+        options: Reader options the recipe needs for ``--corpus`` (e.g. IEMOCAP's
+            ``merge_excited``).
 
     Raises:
         BadInput: ``--data`` without ``--corpus``, an unknown reader, a missing or
@@ -200,8 +201,7 @@ def load_corpus(args, out: str, options: dict | None = None) -> Corpus:
         if args.data is None:
             records = smoke.smoke_records(out)
         else:
-            records = twriter.records_for(args.corpus, args.data, out,
-                                          options=options if args.corpus == "iemocap" else None)
+            records = twriter.records_for(args.corpus, args.data, out, options=options)
         unlabelled = [twriter.records_for("speech", d, os.path.join(
             out, "unlabelled", os.path.basename(os.path.normpath(d)))) for d in args.unlabelled]
         stats = io.read_json(os.path.join(records, "stats.json"))
@@ -271,7 +271,7 @@ def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
         out: Run folder.
         rows: Table rows (models, variants); ``[None]`` for a recipe whose fold
             function produces every row at once.
-        folds: `keras_ser.folds.Fold` objects (or names).
+        folds: `keras_ser.folds.Fold` objects.
         seed: The run seed.
         fn: ``fn(row, fold, folder, seed) -> dict`` where ``seed`` is derived from
             ``(seed, row, fold)``; Keras' global seed is set to it first.
@@ -286,7 +286,7 @@ def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
     results = []
     for row in rows:
         for k, fold in enumerate(folds):
-            name = getattr(fold, "name", fold)
+            name = fold.name
             path = (folder(row, fold) if folder else
                     os.path.join(out, "runs", *([row] if row else []), name))
             done = os.path.join(path, "result.json")
@@ -297,7 +297,7 @@ def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
                 continue
             print(f"{label}fold {k + 1}/{len(folds)} {name}" + (
                 f": validate on {','.join(fold.validation)}, test on {','.join(fold.test)}"
-                if hasattr(fold, "test") and fold.validation else ""), flush=True)
+                if fold.validation else ""), flush=True)
             fold_seed = seeds.derive(seed, row or "", name)
             keras.utils.set_random_seed(fold_seed)
             start = time.time()
@@ -420,7 +420,22 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
 
 def export(out: str, name: str, classifier, front, class_names, extra: dict) -> str:
     """Export ``classifier`` behind ``front`` to ``out/export/<name>/1`` (a re-run
-    replaces the run's version 1; serve ``out/export/<name>`` with TensorFlow Serving)."""
+    replaces the run's version 1; serve ``out/export/<name>`` with TensorFlow Serving).
+
+    Args:
+        out: Run folder.
+        name: Model name (TensorFlow Serving's ``--model_name``).
+        classifier: Keras model from the front end's units to ``(n, C)`` probabilities.
+        front: `keras_ser.serving.builders.FrontEnd` it was trained and scored with.
+        class_names: The C output names.
+        extra: JSON facts stored in ``keras_ser.json`` (recipe, fold, row).
+
+    Returns:
+        The version folder.
+
+    Raises:
+        ValueError: ``class_names`` does not fit the classifier.
+    """
     from keras_ser.serving.builders import build_serving_model
     from keras_ser.serving.savedmodel import export_model
 

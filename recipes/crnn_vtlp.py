@@ -138,12 +138,10 @@ def main(argv=None) -> int:
         if key not in statistics:
             statistics[key] = protocol.fold_statistics(corpus.records, fold.train, classes,
                                                        train.features, labels)
-        result = protocol.train_fold(net, train.replace(seed=seed), fold, corpus.records,
-                                     classes, path, utterances=utterances, labels=labels,
-                                     stats=statistics[key], row=row,
-                                     verbose=experiment.verbosity(args))
-        result["test"]["single_ua"] = result.get("test_single", result["test"])["ua"]
-        return result
+        return protocol.train_fold(net, train.replace(seed=seed), fold, corpus.records,
+                                   classes, path, utterances=utterances, labels=labels,
+                                   stats=statistics[key], row=row,
+                                   verbose=experiment.verbosity(args))
 
     # 5. The ablation, row by row.
     results = experiment.run_folds(out, variants, folds, args.seed, fold_run)

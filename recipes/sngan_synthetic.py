@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     # 1. Data.
-    corpus = experiment.load_corpus(args, out, options={"merge_excited": True})
+    corpus = experiment.load_corpus(args, out, options={"merge_excited": True}
+                                    if args.corpus == "iemocap" else None)
     iemocap = corpus.name == "iemocap"
     classes = experiment.choose_classes(corpus, args.classes, IEMOCAP_CLASSES if iemocap else None)
     config = sngan.get_sngan_preset(args.preset, n_classes=len(classes))

@@ -226,7 +226,8 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
         Dict with ``row``, ``fold``, speakers, ``config``, ``model_config``, ``epochs``,
         ``best_epoch``, ``validation`` and ``test`` scores (`keras_ser.metrics.
         classification_report`; with ``vtlp="example"`` the test is the 11-copy vote and
-        ``test_single`` the unwarped copy alone) and ``normalisation``.
+        ``test_single`` the unwarped copy alone; ``test["single_ua"]`` is that copy's UA
+        in every row) and ``normalisation``.
 
     Raises:
         ValueError: A split without utterances, mismatched sizes, or a checkpoint of
@@ -287,13 +288,15 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
         "normalisation": stats}
     arrays = {"utterance_id": np.array([utterances.ids[i] for i in index["test"]]),
               "probabilities": single.probabilities}
+    single_report = _report(single, test_labels, classes)
     if config.vtlp == "example":
         voted = Scorer(model, front_end(config, stats, vote=True)).score(test_waves)
         result["test"] = {**_report(voted, test_labels, classes), "copies": 11}
-        result["test_single"] = _report(single, test_labels, classes)
+        result["test_single"] = single_report
         arrays.update(probabilities=voted.probabilities, votes=voted.votes)
     else:
-        result["test"] = _report(single, test_labels, classes)
+        result["test"] = dict(single_report)
+    result["test"]["single_ua"] = single_report["ua"]
     io.save_npz(os.path.join(out_dir, "predictions.npz"), **arrays)
     io.save_model(model, os.path.join(out_dir, "model.keras"))
     return result

@@ -196,7 +196,19 @@ def _train(ctx: Context, trainer, bank: PatchBank, stage: str, steps: int, folde
 
 
 def pretrain(ctx: Context, pool: PatchBank) -> tuple:
-    """Stages 1-2 on the pre-training pool; returns the (generator, critic)."""
+    """Stages 1-2 on the pre-training pool (Sec. 3.2), resumably.
+
+    Args:
+        ctx: The run's `Context` (checkpoints under ``pretrain/stage1``, ``stage2``).
+        pool: Log-mels of the unlabelled speech (dB).
+
+    Returns:
+        ``(generator, critic)``: generator ``[z (batch, N_z), c (batch, N_c)] ->
+        (batch, frames, mels)`` in [-1, 1]; critic ``(batch, frames, mels) -> (batch, 1)``.
+
+    Raises:
+        DivergenceError: A stage's loss became NaN, infinite or larger than 1e6.
+    """
     c, b = ctx.config, ctx.budgets
     ctx.reseed("pretrain")
     generator = sngan.build_generator(c)
@@ -221,7 +233,21 @@ def pretrain(ctx: Context, pool: PatchBank) -> tuple:
 
 
 def fine_tune(ctx: Context, pretrained: tuple, bank: PatchBank, folder: str, stage: str):
-    """Stage 3 from a copy of the pre-trained GAN; returns the fine-tuned generator."""
+    """Stage 3 (Sec. 3.2) from a copy of the pre-trained GAN, on ``bank``'s emotions.
+
+    Args:
+        ctx: The run's `Context`.
+        pretrained: `pretrain`'s ``(generator, critic)`` (copied, not changed).
+        bank: The labelled patches of the speakers this generator models.
+        folder: Its folder under the run folder.
+        stage: Stage name (seeds, messages).
+
+    Returns:
+        The fine-tuned conditional generator (also saved as ``generator.keras``).
+
+    Raises:
+        DivergenceError: The loss diverged.
+    """
     c = ctx.config
     ctx.reseed(stage)
     generator = sngan.build_generator(c)
@@ -240,7 +266,18 @@ def fine_tune(ctx: Context, pretrained: tuple, bank: PatchBank, folder: str, sta
 
 
 def train_baseline(ctx: Context, bank: PatchBank, folder: str, stage: str):
-    """The Chatziagapi et al. 2019 baseline on the fold's emotion data: a sampler."""
+    """The Chatziagapi et al. 2019 baseline on the fold's emotion data.
+
+    Autoencoder, one normal per class fitted on `LATENT_SAMPLES` real patches' codes
+    (``latents.npz``, reused on resume), then the N_c + 1 GAN.
+
+    Returns:
+        ``sample_fn(labels (n,), seed) -> (n, frames, mels)`` patches in [-1, 1].
+
+    Raises:
+        DivergenceError: A loss diverged.
+        ValueError: A class with fewer than 2 patches (`ClassLatents.fit`).
+    """
     c, b = ctx.config, ctx.budgets
     bc = bagan.preset_for(c)
     seed = seeds.derive(ctx.seed, stage)
@@ -271,7 +308,18 @@ def train_baseline(ctx: Context, bank: PatchBank, folder: str, stage: str):
 
 
 def train_ser(ctx: Context, data, folder: str, stage: str):
-    """The SER network trained (resumably) on ``data(first_epoch)`` batches."""
+    """The SER network (Sec. 4.3) trained, resumably, for ``ctx.budgets.ser_steps``.
+
+    Args:
+        ctx: The run's `Context`.
+        data: ``data((first, stop), steps_per_epoch)`` -> batches ``{"features": (batch,
+            frames, mels), "label": (batch,)}`` of those epochs.
+        folder: Its folder under the run folder.
+        stage: Stage name (seeds, messages).
+
+    Returns:
+        The trained network, ``(batch, frames, mels) -> (batch, N_c)`` probabilities.
+    """
     ctx.reseed(stage)
     model = ser.build_ser_network(ctx.config)
     epochs, spe = ctx.budgets.epochs(ctx.budgets.ser_steps)
@@ -345,7 +393,8 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
         sets["per_client"].append(os.path.join(ctx.out, folder))
 
     held = utterances.indices(held_out)
-    test_waves, test_labels = utterances.select(held), utterances.labels[held]
+    test_labels = utterances.labels[held]
+    test_units = None
     scores, models, probabilities = {}, {}, {}
     for cond in CONDITIONS:
         stage_seed = seeds.derive(seed, "ser", cond)
@@ -362,7 +411,10 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
         print(f"-- SER network on {cond}")
         models[cond] = train_ser(ctx, data, os.path.join(fdir, f"ser_{cond}"),
                                  f"{fold_name}_ser_{cond}")
-        result = Scorer(models[cond], ctx.front_end()).score(test_waves)
+        scorer = Scorer(models[cond], ctx.front_end())
+        # The windows depend on the front end only: cut the held-out files once.
+        test_units = test_units or scorer.prepare(utterances.select(held))
+        result = scorer(test_units)
         probabilities[cond] = result.probabilities
         scores[cond] = metrics.classification_report(test_labels, result.predicted,
                                                      ctx.classes)

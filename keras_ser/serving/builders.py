@@ -115,9 +115,7 @@ class FrontEnd:
 
 
 def _feature_layers(front: FrontEnd):
-    overrides = dict(front.feature_overrides)
-    if front.config.sample_rate != features_mod.get_preset(front.features).sample_rate:
-        overrides["sample_rate"] = front.sample_rate
+    overrides = {**front.feature_overrides, "sample_rate": front.sample_rate}
     if front.warps:
         return WarpedCopies(front.features, front.warps, name="features", **overrides)
     return features_mod.AudioFeatures(front.features, name="features", **overrides)
