@@ -11,13 +11,15 @@ lives here:
 - `choose_folds`: the protocol's folds saved to ``folds.json``, then `keras_ser.folds.select`
   (one meaning of ``--folds`` everywhere: a count or held-out names);
 - `write_config`: ``config.json`` with the options and every hyper-parameter;
-- `run_folds`: each (row, fold) in its own folder; a folder with ``result.json`` is read
-  back, the others (re)start and resume from their checkpoints. Keras' global seed is
-  set from ``(seed, row, fold)`` before each, so a fold's initial weights do not depend
-  on which folds ran before it in the same process;
+- `run_folds`: each (repeat, row, fold) in its own folder; a folder with ``result.json``
+  is read back, the others (re)start and resume from their checkpoints. Keras' global
+  seed is set from ``(seed, repeat, row, fold)`` before each, so a fold's initial
+  weights do not depend on which folds ran before it in the same process;
 - `write_results`: ``results.json`` (deterministic: no wall-clock times, which go to
   ``timing.json``) and ``results.md`` with the paper's table (mean ± std over folds)
   and a per-fold table, parameterised by the metrics the paper reports;
+- `paired_tests`: each row against a reference row over folds (Wilcoxon signed-rank),
+  with `paired_tests_markdown` for the results page;
 - `export`: the chosen classifier as a waveform-in SavedModel in TensorFlow Serving's
   ``export/<name>/<version>/`` layout.
 """
@@ -32,7 +34,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-
 
 from keras_ser import folds as kfolds
 from keras_ser import io, metrics, seeds
@@ -124,7 +125,7 @@ class Schedule:
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
                            help=f"override the preset's {name}")
 
-    def override(self, args) -> "Schedule":
+    def override(self, args) -> Schedule:
         """This schedule with the options given on the command line."""
         changes = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(self)}
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -263,48 +264,61 @@ def write_config(out: str, args, argv, corpus: Corpus, **config) -> dict:
     return document
 
 
+def fold_folder(out: str, row: str | None, fold: str, repeat: int = 0) -> str:
+    """``out/runs/[<row>/]<fold>``; repeats after the first add ``-run<k>`` (k from 2)."""
+    path = os.path.join(out, "runs", *([row] if row else []), fold)
+    return path + (f"-run{repeat + 1}" if repeat else "")
+
+
 def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
-              fn: Callable, folder: Callable | None = None) -> list:
-    """Run ``fn`` for every (row, fold), resuming: finished folds are read back.
+              fn: Callable, folder: Callable | None = None, repeats: int = 1) -> list:
+    """Run ``fn`` for every (repeat, row, fold), resuming: finished folds are read back.
 
     Args:
         out: Run folder.
         rows: Table rows (models, variants); ``[None]`` for a recipe whose fold
             function produces every row at once.
         folds: `keras_ser.folds.Fold` objects.
-        seed: The run seed.
+        seed: The run seed; repeat r > 0 runs with ``seeds.derive(seed, "repeat", r)``
+            (so repeat 0 is the run without repeats, and more repeats extend it).
         fn: ``fn(row, fold, folder, seed) -> dict`` where ``seed`` is derived from
-            ``(seed, row, fold)``; Keras' global seed is set to it first.
-        folder: ``folder(row, fold) -> path``; default ``out/runs/<row>/<fold>``.
+            ``(seed of the repeat, row, fold)``; Keras' global seed is set to it first.
+        folder: ``folder(row, fold) -> path``; default `fold_folder` (a repeat r > 0
+            appends ``-run<r+1>`` to either).
+        repeats: Runs of every (row, fold) (paper protocols: e.g. Tu et al.'s 5).
 
     Returns:
-        The fold results, rows outer, folds inner. Each is also written to
-        ``<folder>/result.json`` with ``seconds``, its wall time.
+        The fold results, repeats outer, then rows, then folds; each with ``repeat``.
+        Each is also written to ``<folder>/result.json`` with ``seconds``, its wall
+        time.
     """
     import keras
 
     results = []
-    for row in rows:
-        for k, fold in enumerate(folds):
-            name = fold.name
-            path = (folder(row, fold) if folder else
-                    os.path.join(out, "runs", *([row] if row else []), name))
-            done = os.path.join(path, "result.json")
-            label = f"[{row}] " if row else ""
-            if os.path.isfile(done):
-                print(f"{label}fold {k + 1}/{len(folds)} {name}: finished earlier")
-                results.append(io.read_json(done))
-                continue
-            print(f"{label}fold {k + 1}/{len(folds)} {name}" + (
-                f": validate on {','.join(fold.validation)}, test on {','.join(fold.test)}"
-                if fold.validation else ""), flush=True)
-            fold_seed = seeds.derive(seed, row or "", name)
-            keras.utils.set_random_seed(fold_seed)
-            start = time.time()
-            result = fn(row, fold, path, fold_seed)
-            result["seconds"] = round(time.time() - start, 1)
-            io.write_json(done, result)
-            results.append(result)
+    for r in range(repeats):
+        run_seed = seeds.derive(seed, "repeat", r) if r else seed
+        for row in rows:
+            for k, fold in enumerate(folds):
+                name = fold.name
+                path = (folder(row, fold) + (f"-run{r + 1}" if r else "") if folder
+                        else fold_folder(out, row, name, r))
+                done = os.path.join(path, "result.json")
+                label = (f"[{row}] " if row else "") + (f"run {r + 1}/{repeats} " if r else "")
+                if os.path.isfile(done):
+                    print(f"{label}fold {k + 1}/{len(folds)} {name}: finished earlier")
+                    results.append({**io.read_json(done), "repeat": r})
+                    continue
+                print(f"{label}fold {k + 1}/{len(folds)} {name}" + (
+                    f": validate on {','.join(fold.validation)}, test on "
+                    f"{','.join(fold.test)}" if fold.validation else ""), flush=True)
+                fold_seed = seeds.derive(run_seed, row or "", name)
+                keras.utils.set_random_seed(fold_seed)
+                start = time.time()
+                result = fn(row, fold, path, fold_seed)
+                result["seconds"] = round(time.time() - start, 1)
+                result["repeat"] = r
+                io.write_json(done, result)
+                results.append(result)
     return results
 
 
@@ -351,6 +365,64 @@ def summarise(entries: Sequence[dict], rows: Sequence[str], keys: Sequence[str])
     return summary
 
 
+def paired_tests(entries: Sequence[dict], rows: Sequence[str], reference: str,
+                 key: str) -> dict:
+    """Each row against ``reference`` over folds: Wilcoxon signed-rank test (scipy).
+
+    A fold's value is the mean of ``entry["test"][key]`` over its repeats (entries with
+    the same ``row`` and ``fold``); only folds both rows have are paired.
+
+    Returns:
+        ``{row: {"folds", "mean_difference", "std_difference", "wins", "losses",
+        "p_value"}}`` for every row but the reference (``p_value`` is 1.0 when every
+        difference is zero, NaN with fewer than two paired folds).
+    """
+    from scipy import stats as sstats
+
+    def per_fold(row):
+        values = {}
+        for e in entries:
+            if e["row"] == row and is_scalar(e["test"].get(key)):
+                values.setdefault(e["fold"], []).append(float(e["test"][key]))
+        return {f: sum(v) / len(v) for f, v in values.items()}
+
+    base = per_fold(reference)
+    tests = {}
+    for row in rows:
+        if row == reference:
+            continue
+        mine = per_fold(row)
+        common = [f for f in base if f in mine]
+        diff = [mine[f] - base[f] for f in common]
+        if len(diff) < 2:
+            p = float("nan")
+        elif all(d == 0 for d in diff):
+            p = 1.0
+        else:
+            p = float(sstats.wilcoxon(diff).pvalue)
+        mean, std = metrics.mean_std(diff) if diff else (float("nan"), float("nan"))
+        tests[row] = {"folds": len(common), "mean_difference": mean, "std_difference": std,
+                      "wins": sum(d > 0 for d in diff), "losses": sum(d < 0 for d in diff),
+                      "p_value": p}
+    return tests
+
+
+def paired_tests_markdown(tests: dict, reference_title: str, metric: Metric,
+                          row_titles: dict) -> str:
+    """A Markdown section of `paired_tests`: difference, wins/losses, p-value."""
+    scale = 100.0 if metric.percent else 1.0
+    lines = [f"## {metric.title}: each row against {reference_title} (paired over folds)",
+             "Difference = row − reference, mean ± std over folds"
+             + (" (percentage points)" if metric.percent else "")
+             + "; two-sided Wilcoxon signed-rank test (scipy).", "",
+             "| Row | folds | difference | wins / losses | p |", "|---|---|---|---|---|"]
+    for row, t in tests.items():
+        lines.append(f"| {row_titles.get(row, row)} | {t['folds']} | "
+                     f"{scale * t['mean_difference']:+.1f} ± {scale * t['std_difference']:.1f}"
+                     f" | {t['wins']} / {t['losses']} | {t['p_value']:.3f} |")
+    return "\n".join(lines)
+
+
 def write_results(out: str, *, title: str, header: Sequence[str], entries: Sequence[dict],
                   rows: Sequence[str], row_titles: dict, columns: Sequence[Metric],
                   main: Metric, folds: Sequence[dict], smoke: bool, started: float,
@@ -383,7 +455,10 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
     table = [f"| {row_header} | folds | " + " | ".join(c.title for c in used) + " |",
              "|---|---|" + "---|" * len(used)]
     for row, entry in summary.items():
-        table.append(f"| {row_titles.get(row, row)} | {len(entry['folds'])} | "
+        distinct = len(set(entry["folds"]))
+        count = (f"{distinct} × {len(entry['folds']) // distinct} runs"
+                 if len(entry["folds"]) > distinct else str(distinct))
+        table.append(f"| {row_titles.get(row, row)} | {count} | "
                      + " | ".join(_cell(entry, c) for c in used) + " |")
     present = [r for r in rows if r in summary]
     names = list(dict.fromkeys(e["fold"] for e in entries))
@@ -393,17 +468,20 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
     for name in names:
         cells = []
         for r in present:
-            hit = [e for e in entries if e["row"] == r and e["fold"] == name]
-            value = hit[0]["test"].get(main.key) if hit else None
-            cells.append("–" if value is None else f"{scale * value:.1f}")
+            hit = [e["test"][main.key] for e in entries if e["row"] == r and
+                   e["fold"] == name and is_scalar(e["test"].get(main.key))]
+            cells.append(f"{scale * sum(hit) / len(hit):.1f}" if hit else "–")
         per_fold.append(f"| {name} | " + " | ".join(cells) + " |")
     wall = time.time() - started
     text = "\n\n".join([
         f"# {title}", *([f"**{smoke_corpus.BANNER}**"] if smoke else []),
         "\n".join(f"- {line}" for line in header) + f"\n- Wall time of this invocation: "
         f"{wall / 60:.1f} min (folds finished by an earlier invocation are not re-timed).",
-        "## Test results (mean ± std over folds)", "\n".join(table),
-        f"## {main.title} per fold" + (" (%)" if main.percent else ""), "\n".join(per_fold),
+        "## Test results (mean ± std over folds" + (
+            " and runs)" if any(e.get("repeat") for e in entries) else ")"), "\n".join(table),
+        f"## {main.title} per fold" + (" (%)" if main.percent else "")
+        + (" (mean over runs)" if any(e.get("repeat") for e in entries) else ""),
+        "\n".join(per_fold),
         *sections]) + "\n"
     clean = [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
     io.write_json(os.path.join(out, "results.json"), {
@@ -411,7 +489,8 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
         "summary": summary, "folds": clean})
     io.write_json(os.path.join(out, "timing.json"), {
         "wall_seconds": round(wall, 1),
-        "folds": {f"{f.get('row') or ''}/{f['fold']}".lstrip("/"): f.get("seconds")
+        "folds": {f"{f.get('row') or ''}/{f['fold']}".lstrip("/")
+                  + (f"-run{f['repeat'] + 1}" if f.get("repeat") else ""): f.get("seconds")
                   for f in folds}})
     io.write_text(os.path.join(out, "results.md"), text)
     print("\n" + text)

@@ -107,24 +107,44 @@ class Scorer:
 
         Raises:
             tf.errors.InvalidArgumentError: An utterance shorter than one STFT window.
+            ValueError: ``alphas`` with a voice-activity front end.
         """
+        if alphas is not None and self.front.config.vad:
+            raise ValueError("VTLP factors cannot be combined with a voice-activity front end")
         arrays, owner = [], []
         for i, w in enumerate(waveforms):
             if alphas is not None:
                 cut = self._warped(self._float(w), tf.constant([alphas[i]], tf.float32))
                 units = cut.numpy()
             else:
-                units = self._cut(self._float(w)).numpy()[0]
-                if not (self.front.windowed or self.front.warps):
-                    units = units[None]
+                cut = self._cut(self._float(w))
+                if isinstance(cut, dict):  # voiced frames only (Tu et al.'s VAD)
+                    units = cut["features"].numpy()[:, :int(cut["length"].numpy()[0])]
+                else:
+                    units = cut.numpy()[0]
+                    if not (self.front.windowed or self.front.warps):
+                        units = units[None]
             arrays.extend(units)
             owner.extend([i] * len(units))
         return Units(arrays, np.asarray(owner, np.int64), len(waveforms))
 
-    def _unit_probabilities(self, units: Units) -> np.ndarray:
+    def unit_outputs(self, units: Units, forward=None) -> np.ndarray:
+        """``forward`` (default: the classifier) on every unit, in unit order.
+
+        Args:
+            units: From `prepare`.
+            forward: A function with the classifier's inputs (windows, or
+                ``(features, length)`` of whole utterances) returning ``(n, D)``
+                tensors, e.g. an embedding network; default the classifier's
+                probabilities.
+
+        Returns:
+            ``(units, D)`` float32.
+        """
+        forward = forward or self._forward
         if self.front.windowed:
             stacked = np.stack(units.arrays)
-            return np.concatenate([self._forward(stacked[i:i + self.batch_size]).numpy()
+            return np.concatenate([np.asarray(forward(stacked[i:i + self.batch_size]))
                                    for i in range(0, len(stacked), self.batch_size)])
         lengths = np.array([len(a) for a in units.arrays], np.int32)
         order = np.argsort(lengths, kind="stable")
@@ -135,14 +155,14 @@ class Scorer:
             batch = np.zeros((len(chosen), longest, units.arrays[0].shape[-1]), np.float32)
             for row, k in enumerate(chosen):
                 batch[row, :lengths[k]] = units.arrays[k]
-            probs = self._forward(batch, lengths[chosen]).numpy()
+            probs = np.asarray(forward(batch, lengths[chosen]))
             for row, k in enumerate(chosen):
                 out[k] = probs[row]
         return np.stack(out)
 
     def __call__(self, units: Units) -> Scores:
         """Per-utterance scores of prepared units (see `Scores`)."""
-        per_unit = self._unit_probabilities(units)
+        per_unit = self.unit_outputs(units)
         counts = np.bincount(units.owner, minlength=units.count)[:, None]
         probs = np.zeros((units.count, per_unit.shape[1]), np.float64)
         np.add.at(probs, units.owner, per_unit)

@@ -88,3 +88,36 @@ def assert_export_matches_reported(run_dir, records, predictions, result, key="p
     truth = [names.index(utterances.emotions[where[str(u)]]) for u in saved["utterance_id"]]
     assert metrics.unweighted_accuracy(truth, decided) == result[score_key]
     return len(probs)
+
+
+#: Tone frequency (Hz) per IEMOCAP label code in `write_iemocap_release`.
+IEMOCAP_TONES = {"neu": 170.0, "hap": 260.0, "exc": 280.0, "ang": 300.0, "sad": 140.0,
+                 "fru": 200.0}
+
+
+def write_iemocap_release(root, sessions=(1, 2),
+                          improvised=("neu", "hap", "ang", "sad", "fru"),
+                          scripted=("ang", "sad"), seconds=0.8):
+    """An ``IEMOCAP_full_release`` layout under ``root``: per session an improvised and a
+    scripted dialog, both speakers voicing each label code once (tones, female 1.2x
+    higher); the EmoEvaluation files as released. Returns ``root``."""
+    release = os.path.join(root, "IEMOCAP_full_release")
+    for k in sessions:
+        session = os.path.join(release, f"Session{k}")
+        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+        for dialog, codes in ((f"Ses0{k}F_impro01", improvised),
+                              (f"Ses0{k}F_script01_1", scripted)):
+            rows = list(lines)
+            for gender in "FM":
+                for i, code in enumerate(codes):
+                    turn = f"{dialog}_{gender}{i:03d}"
+                    rows += [(f"[{i}.0000 - {i + 1}.0000]\t{turn}\t{code}\t"
+                              "[3.0000, 3.0000, 3.0000]"), f"C-E1:\t{code};\t()", ""]
+                    write_tone(os.path.join(session, "sentences", "wav", dialog,
+                                            f"{turn}.wav"), seconds=seconds,
+                               freq=IEMOCAP_TONES[code] * (1.2 if gender == "F" else 1.0))
+            path = os.path.join(session, "dialog", "EmoEvaluation", f"{dialog}.txt")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(rows) + "\n")
+    return root

@@ -10,7 +10,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from helpers import assert_export_matches_reported, load_recipe, write_tone
+from helpers import assert_export_matches_reported, load_recipe, write_iemocap_release
 
 from keras_ser.models import crnn
 
@@ -132,38 +132,11 @@ def test_missing_corpus_folder_is_named(tmp_path, capsys):
     assert "no_such_emodb" in capsys.readouterr().err
 
 
-# An IEMOCAP_full_release layout: two sessions, improvised and scripted dialogs.
-_CODES = {"neu": 170.0, "hap": 260.0, "ang": 300.0, "sad": 140.0, "fru": 200.0}
-
-
-def _iemocap(root):
-    release = os.path.join(root, "IEMOCAP_full_release")
-    for k in (1, 2):
-        session = os.path.join(release, f"Session{k}")
-        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
-        for dialog, codes in ((f"Ses0{k}F_impro01", ("neu", "hap", "ang", "sad", "fru")),
-                              (f"Ses0{k}F_script01_1", ("ang", "sad"))):
-            rows = list(lines)
-            for gender in "FM":
-                for i, code in enumerate(codes):
-                    turn = f"{dialog}_{gender}{i:03d}"
-                    rows += [f"[{i}.0000 - {i + 1}.0000]\t{turn}\t{code}\t"
-                             "[3.0000, 3.0000, 3.0000]", f"C-E1:\t{code};\t()", ""]
-                    write_tone(os.path.join(session, "sentences", "wav", dialog,
-                                            f"{turn}.wav"), seconds=0.8,
-                               freq=_CODES[code] * (1.2 if gender == "F" else 1.0))
-            path = os.path.join(session, "dialog", "EmoEvaluation", f"{dialog}.txt")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                f.write("\n".join(rows) + "\n")
-    return root
-
-
 @pytest.mark.slow
 def test_iemocap_protocol_improvised_four_classes_swapped_session_folds(tmp_path):
     """IEMOCAP: 2 folds per session (validation/test swapped), improvised turns only,
     the four emotions only (frustration and the scripted dialogs are left out)."""
-    data = _iemocap(str(tmp_path / "corpus"))
+    data = write_iemocap_release(str(tmp_path / "corpus"))
     out = str(tmp_path / "run")
     assert _recipe().main(["--corpus", "iemocap", "--data", data, "--out", out,
                            "--folds", "Ses01F", "--variants", "baseline",

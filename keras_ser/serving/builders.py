@@ -18,8 +18,15 @@ import numpy as np
 
 from keras_ser import features as features_mod
 from keras_ser.serving.layers import (
-    CheckWaveform, FoldWindows, MeanOverWindows, Normalise, SlidingWindows, VoteOverWindows,
-    WarpedCopies, silence_level,
+    CheckWaveform,
+    FoldWindows,
+    MeanOverWindows,
+    Normalise,
+    SlidingWindows,
+    VoicedFrames,
+    VoteOverWindows,
+    WarpedCopies,
+    silence_level,
 )
 
 INPUT_KEY = "waveform"
@@ -75,6 +82,9 @@ class FrontEnd:
             raise ValueError("a front end has either windows (crop_frames) or VTLP copies")
         if self.aggregate == "vote" and not (self.warps or self.crop_frames):
             raise ValueError("a vote needs windows or VTLP copies to vote over")
+        if (self.crop_frames is not None or self.warps) and self.config.vad:
+            raise ValueError(f"preset '{self.features}' keeps voiced frames only: it takes "
+                             "whole utterances without VTLP copies")
         statistics = {k: (float(v) if np.ndim(v) == 0 else [float(x) for x in v])
                       for k, v in self.statistics.items()}
         object.__setattr__(self, "statistics", statistics)
@@ -109,7 +119,7 @@ class FrontEnd:
         return out
 
     @classmethod
-    def from_dict(cls, doc: dict) -> "FrontEnd":
+    def from_dict(cls, doc: dict) -> FrontEnd:
         """Inverse of `to_dict`."""
         return cls(**doc)
 
@@ -126,14 +136,20 @@ def build_units_model(front: FrontEnd) -> keras.Model:
 
     Returns:
         Model ``"waveform"`` ``(batch, samples)`` -> ``(batch, windows, crop_frames,
-        dim)`` (windowed), ``(batch, copies, frames, dim)`` (VTLP copies) or
-        ``(batch, frames, dim)`` (whole utterances).
+        dim)`` (windowed), ``(batch, copies, frames, dim)`` (VTLP copies),
+        ``(batch, frames, dim)`` (whole utterances), or for a voice-activity preset
+        (``FeatureConfig.vad``, Tu et al.) ``{"features": (batch, voiced_frames, dim),
+        "length": (batch,)}``.
     """
     config = front.config
     waveform = keras.Input(shape=(None,), dtype="float32", name=INPUT_KEY)
     x = CheckWaveform(config.window_samples, config.sample_rate,
                       name="check_waveform")(waveform)
     x = _feature_layers(front)(x)
+    if config.vad:
+        x, length = VoicedFrames(name="voiced_frames")(x)
+        x = Normalise(front.normalise, front.statistics, front.clip, name="normalise")(x)
+        return keras.Model(waveform, {"features": x, "length": length}, name="units")
     x = Normalise(front.normalise, front.statistics, front.clip, name="normalise")(x)
     if front.windowed:
         x = SlidingWindows(front.crop_frames, front.hop_frames, pad_value=front.pad_value,

@@ -6,6 +6,7 @@ A served classifier, and every score keras-ser reports, runs the same chain::
       -> CheckWaveform      rank 2, at least one STFT window
       -> AudioFeatures      log-mel (batch, frames, mels), dB (`keras_ser.features`);
          or WarpedCopies    (batch, copies, frames, mels): one VTLP warp per copy
+      -> VoicedFrames       (features, length): voiced frames only (Kaldi VAD presets)
       -> Normalise          min-max to [-1, 1] or z-score, with training statistics
       -> SlidingWindows     (batch, windows, crop_frames, mels)   (crop classifiers)
       -> FoldWindows        (batch * windows, crop_frames, mels)
@@ -20,8 +21,8 @@ reported score is what the exported model computes.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_ser import features as features_mod
@@ -297,6 +298,62 @@ class FoldWindows(keras.layers.Layer):
 def _per_window(outputs, windows):
     lead = tf.shape(windows)[:2]
     return tf.reshape(outputs, tf.concat([lead, tf.shape(outputs)[1:]], axis=0))
+
+
+@keras.saving.register_keras_serializable(package="keras_ser")
+class VoicedFrames(keras.layers.Layer):
+    """Keep each utterance's voiced frames, in order (Kaldi's ``select-voiced-frames``).
+
+    The voicing decision is Kaldi's ``compute-vad`` rule on the log energy in feature
+    column ``energy_index`` (C0 of Kaldi MFCCs, `keras_ser.features.kaldi_vad`). Voiced
+    frames are moved to the front of each row, the rest of the row is zeroed, and the
+    time axis is cut to the longest voiced run of the batch. An utterance with no voiced
+    frame keeps all its frames (our choice: Kaldi drops such an utterance, a served model
+    must still answer). Tu et al. (ICASSP 2019, Sec. 3.1) remove silences this way
+    before statistics pooling.
+
+    Args:
+        energy_threshold, energy_mean_scale, frames_context, proportion_threshold:
+            ``compute-vad`` options (Kaldi defaults 5.0, 0.5, 0, 0.6).
+        energy_index: Feature column holding the log energy (0 for Kaldi MFCCs).
+
+    Input shape:
+        ``(batch, frames, dim)`` un-normalised features (C0 in natural-log energy of
+        int16-scaled samples, as Kaldi computes it).
+
+    Output:
+        ``(features, length)``: ``(batch, voiced_frames, dim)`` float32 and ``(batch,)``
+        int32 voiced frames per row.
+    """
+
+    def __init__(self, energy_threshold: float = 5.0, energy_mean_scale: float = 0.5,
+                 frames_context: int = 0, proportion_threshold: float = 0.6,
+                 energy_index: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.options = {"energy_threshold": float(energy_threshold),
+                        "energy_mean_scale": float(energy_mean_scale),
+                        "frames_context": int(frames_context),
+                        "proportion_threshold": float(proportion_threshold)}
+        self.energy_index = int(energy_index)
+
+    def call(self, features):
+        voiced = features_mod.kaldi_vad(features[..., self.energy_index], **self.options)
+        voiced = tf.logical_or(voiced, tf.logical_not(
+            tf.reduce_any(voiced, axis=1, keepdims=True)))
+        length = tf.reduce_sum(tf.cast(voiced, tf.int32), axis=1)
+        order = tf.argsort(tf.cast(tf.logical_not(voiced), tf.int32), axis=1, stable=True)
+        compact = tf.gather(features, order, batch_dims=1)
+        keep = tf.sequence_mask(length, tf.shape(features)[1], dtype=features.dtype)
+        compact = (compact * keep[..., None])[:, :tf.reduce_max(length)]
+        return compact, length
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, input_shape[-1]), (input_shape[0],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({**self.options, "energy_index": self.energy_index})
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_ser")
