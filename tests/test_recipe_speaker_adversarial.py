@@ -242,7 +242,13 @@ def test_interrupted_fold_resumes_to_the_same_history(tmp_path, monkeypatch):
     assert len(resumable.read_state(os.path.join(split, "ckpt"))["history"]) == 1
     resumed = run(split)
     history = resumable.read_state(os.path.join(split, "ckpt"))["history"]
-    assert history == resumable.read_state(os.path.join(whole, "ckpt"))["history"]
+    reference = resumable.read_state(os.path.join(whole, "ckpt"))["history"]
+    # Equal up to float32 rounding: on one CI run the logged total loss of epoch 2 differed
+    # in its last bit (2.2295020 vs 2.2295022) while both of its terms were identical.
+    assert len(history) == len(reference) == 2
+    for ours, theirs in zip(history, reference):
+        assert ours.keys() == theirs.keys()
+        assert ours == pytest.approx(theirs, rel=1e-6, abs=0)
     assert resumed["validation"] == once["validation"]
     lambdas = [h["grl_lambda"] for h in history]
     assert 0.0 < lambdas[0] < lambdas[1] <= config.grl_lambda
