@@ -48,3 +48,14 @@ def aligned_records(shared_data, tmp_path_factory):
     report = writer.convert(reader.get_reader("speech"), os.path.join(shared_data, "aligned"),
                             out, progress=False)
     return out, report
+
+
+@pytest.fixture(scope="module")
+def emodb_speech(shared_data):
+    """EmoDB utterance 03a01Fa.wav as float32 in [-1, 1] (16 kHz)."""
+    import soundfile
+
+    y, rate = soundfile.read(os.path.join(shared_data, "emodb", "wav", "03a01Fa.wav"),
+                             dtype="float32")
+    assert rate == 16000
+    return y

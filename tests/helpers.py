@@ -121,3 +121,20 @@ def write_iemocap_release(root, sessions=(1, 2),
             with open(path, "w", encoding="utf-8") as f:
                 f.write("\n".join(rows) + "\n")
     return root
+
+
+def padded(valid, frames, rng, garbage=1e3):
+    """Stack ``(L_b, d)`` arrays into ``(B, frames, d)`` float32; the padding is large noise
+    (a masked model must ignore it)."""
+    out = garbage * rng.standard_normal((len(valid), frames, valid[0].shape[1]))
+    for b, v in enumerate(valid):
+        out[b, :len(v)] = v
+    return out.astype("float32")
+
+
+def length_batch(features, lengths):
+    """``{"features": float32, "length": int32}`` tensors: a masked model's input."""
+    import tensorflow as tf
+
+    return {"features": tf.constant(features, tf.float32),
+            "length": tf.constant(lengths, tf.int32)}

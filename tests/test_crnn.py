@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import length_batch
+from helpers import padded as _padded
 
 from keras_ser.augment import VTLP_TTA_ALPHAS
 from keras_ser.models import crnn
@@ -36,19 +38,6 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _padded(valid, frames, rng, garbage=1e3):
-    """Stack ``(L_b, d)`` arrays into ``(B, frames, d)``; the padding is large noise."""
-    out = garbage * rng.standard_normal((len(valid), frames, valid[0].shape[1]))
-    for b, v in enumerate(valid):
-        out[b, :len(v)] = v
-    return out.astype("float32")
-
-
-def _batch(features, lengths):
-    return {"features": tf.constant(features, tf.float32),
-            "length": tf.constant(lengths, tf.int32)}
-
-
 # --------------------------------------------------------------------------- masking
 
 
@@ -75,24 +64,24 @@ def test_padding_content_changes_no_output_in_inference_and_training():
     x_garbage = _padded(valid, 20, rng, garbage=1e3)
     assert np.abs(x_garbage[2, 5:]).max() > 100  # the padding really is garbage
     for training in (False, True):
-        zero = model(_batch(x_zero, lengths), training=training).numpy()
-        garbage = model(_batch(x_garbage, lengths), training=training).numpy()
+        zero = model(length_batch(x_zero, lengths), training=training).numpy()
+        garbage = model(length_batch(x_garbage, lengths), training=training).numpy()
         np.testing.assert_allclose(garbage, zero, atol=1e-6, err_msg=f"training={training}")
         np.testing.assert_allclose(zero.sum(axis=1), 1.0, atol=1e-5)
         # A longer padded length (odd, so the strided lengths differ) changes nothing:
         # the batch statistics of training mode count valid frames only.
-        longer = model(_batch(_padded(valid, 29, rng), lengths), training=training).numpy()
+        longer = model(length_batch(_padded(valid, 29, rng), lengths), training=training).numpy()
         np.testing.assert_allclose(longer, zero, atol=1e-6, err_msg=f"training={training}")
     # Control: the same garbage in a valid frame (frame 4 of the 5-frame utterance).
     x_control = x_zero.copy()
     x_control[2, 4] = 1e3 * rng.standard_normal(16)
-    zero = model(_batch(x_zero, lengths), training=False).numpy()
-    control = model(_batch(x_control, lengths), training=False).numpy()
+    zero = model(length_batch(x_zero, lengths), training=False).numpy()
+    control = model(length_batch(x_control, lengths), training=False).numpy()
     assert np.abs(control[2] - zero[2]).max() > 1e-3
     # In inference the other utterances of the batch are unaffected.
     np.testing.assert_allclose(control[:2], zero[:2], atol=1e-6)
-    control_train = model(_batch(x_control, lengths), training=True).numpy()
-    zero_train = model(_batch(x_zero, lengths), training=True).numpy()
+    control_train = model(length_batch(x_control, lengths), training=True).numpy()
+    zero_train = model(length_batch(x_zero, lengths), training=True).numpy()
     assert np.abs(control_train - zero_train).max() > 1e-3
 
 
@@ -103,15 +92,15 @@ def test_padded_utterance_gives_its_unpadded_output():
     rng = np.random.default_rng(2)
     # Non-trivial moving statistics: a few training-mode calls.
     for _ in range(3):
-        model(_batch(rng.standard_normal((4, 12, 16)), [12, 9, 7, 3]), training=True)
+        model(length_batch(rng.standard_normal((4, 12, 16)), [12, 9, 7, 3]), training=True)
     assert np.abs(model.conv_blocks[0].norm.moving_mean.numpy()).max() > 1e-4
     lengths = [17, 13, 5, 2]
     valid = [rng.standard_normal((n, 16)) for n in lengths]
     x = _padded(valid, 24, rng)
-    batch = model(_batch(x, lengths), training=False).numpy()
-    embedded = model.embed(_batch(x, lengths)).numpy()
+    batch = model(length_batch(x, lengths), training=False).numpy()
+    embedded = model.embed(length_batch(x, lengths)).numpy()
     for b, n in enumerate(lengths):
-        alone = _batch(valid[b][None], [n])
+        alone = length_batch(valid[b][None], [n])
         np.testing.assert_allclose(model(alone).numpy()[0], batch[b], atol=1e-6)
         np.testing.assert_allclose(model.embed(alone).numpy()[0], embedded[b], atol=1e-6)
         # A bare tensor is taken as unpadded.
@@ -462,7 +451,7 @@ def test_paper_preset_layer_shapes_and_parameters_by_hand():
     assert _count(model.non_trainable_weights) == 0
     # The walk above is the model's own forward pass.
     probs = model.classifier(crnn.masked_mean(seq, mask)).numpy()
-    np.testing.assert_allclose(model(_batch(features, [64, 37])).numpy(), probs, atol=1e-6)
+    np.testing.assert_allclose(model(length_batch(features, [64, 37])).numpy(), probs, atol=1e-6)
 
 
 def test_paper_preset_parameters_with_batch_norm_by_hand():
@@ -507,7 +496,7 @@ def test_conv_and_lstm_layer_counts_and_bad_values():
     filters, strides = crnn.conv_pattern(cpu.conv_filters, cpu.conv_strides, 6)
     assert filters == (16, 16, 32, 32, 32, 32)
     assert strides == ((2, 2), (1, 2), (2, 2), (1, 2), (2, 2), (1, 2))
-    x = _batch(np.random.default_rng(13).standard_normal((2, 24, 128)), [24, 9])
+    x = length_batch(np.random.default_rng(13).standard_normal((2, 24, 128)), [24, 9])
     for k in range(1, 7):
         config = crnn.get_config("cpu", num_classes=3, conv_layers=k)
         assert config.conv_filters == filters[:k] and config.conv_strides == strides[:k]
@@ -598,7 +587,7 @@ def test_keras_save_load_and_saved_model_export(tmp_path):
             grads, model.trainable_variables) if crnn.variable_group(v.path) == group))
         assert logs[f"grad_norm_{group}"] == pytest.approx(norm, rel=1e-4), group
     assert np.abs(model.conv_blocks[0].norm.moving_mean.numpy()).max() > 0
-    batch = _batch(features[:5], lengths[:5])
+    batch = length_batch(features[:5], lengths[:5])
     expected = model(batch).numpy()
 
     path = os.path.join(tmp_path, "crnn.keras")
@@ -620,7 +609,7 @@ def test_keras_save_load_and_saved_model_export(tmp_path):
     reloaded = tf.saved_model.load(export)  # keep a reference: serve uses its variables
     np.testing.assert_allclose(reloaded.serve(batch).numpy(), expected, atol=1e-5)
     # Another batch and padded length through the same signature.
-    other = _batch(np.pad(features[5:7], [(0, 0), (0, 9), (0, 0)]), lengths[5:7])
+    other = length_batch(np.pad(features[5:7], [(0, 0), (0, 9), (0, 0)]), lengths[5:7])
     np.testing.assert_allclose(reloaded.serve(other).numpy(),
                                model(other).numpy(), atol=1e-5)
 

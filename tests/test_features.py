@@ -1,12 +1,10 @@
 """Graph features against librosa, VTLP against eq. 1, the Keras layer's contract."""
 
-import os
 
 import keras
 import librosa
 import numpy as np
 import pytest
-import soundfile
 import tensorflow as tf
 
 from keras_ser import augment
@@ -22,14 +20,6 @@ def _librosa_log_mel(y, cfg):
         fmin=cfg.fmin_hz, fmax=cfg.upper_hz, htk=cfg.mel_scale == "htk",
         norm="slaney" if cfg.mel_scale == "slaney" else None)
     return librosa.power_to_db(mel, ref=1.0, amin=cfg.amin, top_db=None).T
-
-
-@pytest.fixture(scope="module")
-def emodb_speech(shared_data):
-    y, rate = soundfile.read(os.path.join(shared_data, "emodb", "wav", "03a01Fa.wav"),
-                             dtype="float32")
-    assert rate == SR
-    return y
 
 
 @pytest.mark.real_data

@@ -5,12 +5,10 @@ kaldi-native-fbank (test-only dependency) is a C++ port of Kaldi's ``compute-mfc
 """
 
 import json
-import os
 
 import kaldi_native_fbank as knf
 import numpy as np
 import pytest
-import soundfile
 import tensorflow as tf
 
 from keras_ser import features as F
@@ -55,14 +53,6 @@ def _synthetic():
     voiced = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * (200 + 3000 * t) * t)
               + 0.02 * rng.standard_normal(t.size))
     return np.concatenate([np.zeros(int(0.2 * SR)), voiced]).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def emodb_speech(shared_data):
-    y, rate = soundfile.read(os.path.join(shared_data, "emodb", "wav", "03a01Fa.wav"),
-                             dtype="float32")
-    assert rate == SR
-    return y
 
 
 def _check_against_knf(wave):

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import length_batch, padded
 
 from keras_ser.models import xvector as xv
 
@@ -30,23 +31,10 @@ def _tiny(strategy="ser_only", seed=0, build=True, **kwargs):
     return model
 
 
-def _padded(valid, frames, rng, garbage=1e3):
-    """Stack ``(L_b, d)`` arrays into ``(B, frames, d)``; the padding is large noise."""
-    out = garbage * rng.standard_normal((len(valid), frames, valid[0].shape[1]))
-    for b, v in enumerate(valid):
-        out[b, :len(v)] = v
-    return out.astype("float32")
-
-
-def _batch(features, lengths):
-    return {"features": tf.constant(features, tf.float32),
-            "length": tf.constant(lengths, tf.int32)}
-
-
 def _data(rng, lengths, dim=5, frames=None, emotions=3, speakers=4):
     frames = frames or max(lengths)
     valid = [rng.standard_normal((n, dim)) for n in lengths]
-    x = _batch(_padded(valid, frames, rng), lengths)
+    x = length_batch(padded(valid, frames, rng), lengths)
     n = len(lengths)
     labels = {"emotion": tf.constant(rng.integers(0, emotions, n), tf.int32),
               "speaker": tf.constant(rng.integers(0, speakers, n), tf.int32)}
@@ -298,8 +286,8 @@ def test_padding_changes_no_output_in_inference_and_training():
         if hasattr(layer, "moving_variance"):
             layer.moving_mean.assign(rng.standard_normal(layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
-    a = _batch(_padded(valid, 11, rng), lengths)
-    b = _batch(_padded(valid, 20, rng, garbage=-50.0), lengths)
+    a = length_batch(padded(valid, 11, rng), lengths)
+    b = length_batch(padded(valid, 20, rng, garbage=-50.0), lengths)
     probs = model(a).numpy()
     np.testing.assert_allclose(model(b).numpy(), probs, atol=1e-5)
     np.testing.assert_allclose(model.embed(b).numpy(), model.embed(a).numpy(), atol=1e-5)
@@ -308,8 +296,8 @@ def test_padding_changes_no_output_in_inference_and_training():
     alone = model({"features": tf.constant(valid[2][None], tf.float32)}).numpy()
     np.testing.assert_allclose(alone[0], probs[2], atol=1e-5)
     short = [valid[1], valid[3][:4]]  # padded length 4 < receptive field
-    c = _batch(_padded(short, 4, rng), [3, 4])
-    d = _batch(_padded(short, 9, rng), [3, 4])
+    c = length_batch(padded(short, 4, rng), [3, 4])
+    d = length_batch(padded(short, 9, rng), [3, 4])
     np.testing.assert_allclose(model(c).numpy(), model(d).numpy(), atol=1e-5)
     np.testing.assert_allclose(model(c).numpy()[0], probs[1], atol=1e-5)
 
@@ -378,7 +366,7 @@ def test_paper_and_mandarin_parameter_counts_and_layer_shapes_by_hand():
     lines = []
     paper.summary(print_fn=lambda line, *a, **k: lines.append(line))
     assert "226,893" in "\n".join(lines)
-    x = _batch(np.zeros((2, 40, 39)), [40, 20])
+    x = length_batch(np.zeros((2, 40, 39)), [40, 20])
     shapes = {name: (tuple(t.shape), n.numpy().tolist())
               for name, t, n in paper.embedding.frame_outputs(x["features"], x["length"])}
     assert shapes == {"input": ((2, 40, 39), [40, 20]), "tdnn_0": ((2, 32, 128), [32, 12]),
@@ -508,5 +496,5 @@ def test_keras_save_load_fresh_process_and_saved_model_export(tmp_path):
     wrapper.export(export, verbose=False)
     reloaded = tf.saved_model.load(export)
     np.testing.assert_allclose(reloaded.serve(x).numpy(), expected, atol=1e-5)
-    other = _batch(np.pad(x["features"].numpy()[1:3], [(0, 0), (0, 7), (0, 0)]), [4, 12])
+    other = length_batch(np.pad(x["features"].numpy()[1:3], [(0, 0), (0, 7), (0, 0)]), [4, 12])
     np.testing.assert_allclose(reloaded.serve(other).numpy(), expected[1:3], atol=1e-5)
