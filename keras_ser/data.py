@@ -17,7 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -34,7 +34,7 @@ _STRING_FIELDS = ("utterance_id", "speaker", "session", "gender", "emotion", "co
 _FLOAT_FIELDS = ("valence", "activation", "dominance")
 
 
-def record_files(records: Union[str, Sequence[str]]) -> list:
+def record_files(records: str | Sequence[str]) -> list:
     """The ``*.tfrecord`` shards of a record folder (or a list of files, checked).
 
     Raises:
@@ -99,7 +99,7 @@ def decode_record(example: dict) -> dict:
     return out
 
 
-def read_records(records: Union[str, Sequence[str]], parse_batch: int = 64) -> tf.data.Dataset:
+def read_records(records: str | Sequence[str], parse_batch: int = 64) -> tf.data.Dataset:
     """Dataset of decoded examples (`decode_record`) from a record folder or shard list."""
     files = record_files(records)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -110,7 +110,7 @@ def read_records(records: Union[str, Sequence[str]], parse_batch: int = 64) -> t
     return ds.map(decode_record, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def record_metadata(records: Union[str, Sequence[str]]) -> list:
+def record_metadata(records: str | Sequence[str]) -> list:
     """Per-record metadata from the shards' ``.json`` side files (no audio is read).
 
     Returns:
@@ -131,7 +131,7 @@ def record_metadata(records: Union[str, Sequence[str]]) -> list:
 
 
 def label_counts(records, classes: Sequence[str],
-                 speakers: Optional[Iterable[str]] = None) -> dict:
+                 speakers: Iterable[str] | None = None) -> dict:
     """Records per class among ``speakers`` (all when ``None``), from the side files."""
     speakers = None if speakers is None else set(speakers)
     counts = {c: 0 for c in classes}
@@ -141,7 +141,7 @@ def label_counts(records, classes: Sequence[str],
     return counts
 
 
-def _normaliser(normalise: Optional[str], stats: Optional[dict]):
+def _normaliser(normalise: str | None, stats: dict | None):
     if normalise is None:
         return None
     if stats is None:
@@ -156,17 +156,17 @@ def _normaliser(normalise: Optional[str], stats: Optional[dict]):
                      f"got {normalise!r}")
 
 
-def make_dataset(records, *, classes: Optional[Sequence[str]] = None,
-                 speakers: Optional[Iterable[str]] = None,
-                 features: Union[str, feats.FeatureConfig] = "eskimez",
-                 crop_frames: Optional[int] = None, crop: str = "word", crop_edge: str = "pad",
-                 vtlp=None, oversample=None, labels: Optional[dict] = None,
-                 normalise: Optional[str] = None,
-                 stats: Optional[dict] = None, batch_size: int = 32, shuffle: bool = False,
+def make_dataset(records, *, classes: Sequence[str] | None = None,
+                 speakers: Iterable[str] | None = None,
+                 features: str | feats.FeatureConfig = "eskimez",
+                 crop_frames: int | None = None, crop: str = "word", crop_edge: str = "pad",
+                 vtlp=None, oversample=None, labels: dict | None = None,
+                 normalise: str | None = None,
+                 stats: dict | None = None, batch_size: int = 32, shuffle: bool = False,
                  shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = False,
                  cache: bool = False, drop_remainder: bool = False,
-                 keep: Sequence[str] = (), epochs: Optional[tuple] = None,
-                 steps: Optional[int] = None) -> tf.data.Dataset:
+                 keep: Sequence[str] = (), epochs: tuple | None = None,
+                 steps: int | None = None) -> tf.data.Dataset:
     """A batched dataset of features for one split.
 
     Which records belong to the split, and their labels, come from the shards' side files,
@@ -414,8 +414,8 @@ def crop_pcm(pcm: tf.Tensor, begins: tf.Tensor, width: int) -> tf.Tensor:
                             fixed_length=2 * width)
 
 
-def to_keras(dataset: tf.data.Dataset, inputs: Union[str, Sequence[str]] = "features",
-             targets: Union[str, Sequence[str]] = "label") -> tf.data.Dataset:
+def to_keras(dataset: tf.data.Dataset, inputs: str | Sequence[str] = "features",
+             targets: str | Sequence[str] = "label") -> tf.data.Dataset:
     """Map the dict batches of `make_dataset` to ``(x, y)`` pairs for `keras.Model.fit`.
 
     Args:
@@ -471,8 +471,8 @@ def feature_statistics(dataset: tf.data.Dataset) -> dict:
 
 def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: int = 0,
                       repeat: bool = False, drop_remainder: bool = False,
-                      shuffle_buffer: int = 4096, epochs: Optional[tuple] = None,
-                      steps: Optional[int] = None) -> tf.data.Dataset:
+                      shuffle_buffer: int = 4096, epochs: tuple | None = None,
+                      steps: int | None = None) -> tf.data.Dataset:
     """Batches of patches from one synthetic record folder, or several pooled.
 
     Pooling the per-client folders of a federated run gives one training set of the
@@ -585,41 +585,54 @@ class Utterances:
         classes: Keep only records of these emotions (``None``: all).
         labels: ``{utterance_id: class index}``: keep only these records (e.g. IEMOCAP's
             improvised dialogs) and use these labels instead of the emotion.
+        label: What ``classes`` name: ``"emotion"``, or ``"gender_emotion"``
+            (``"female_anger"``; the NITK report's 14 classes,
+            `tfrecords_tools.master.gender_emotion`; records of unknown gender have none).
 
     Attributes:
         waveforms: ``(samples,)`` int16 PCM arrays (16 kHz).
-        ids, speakers, emotions: Per-utterance strings.
+        ids, speakers, emotions, genders: Per-utterance strings.
         labels: ``(n,)`` int64 class index (-1 without ``classes`` or ``labels``).
         ratings: ``{"valence": (n,), "activation": (n,)}`` float32 mean ratings (NaN
             where the corpus has none).
 
     Raises:
         FileNotFoundError: No shards.
+        ValueError: Unknown ``label``.
     """
 
-    def __init__(self, records, classes: Optional[Sequence[str]] = None,
-                 labels: Optional[dict] = None):
+    LABELS = ("emotion", "gender_emotion")
+
+    def __init__(self, records, classes: Sequence[str] | None = None,
+                 labels: dict | None = None, label: str = "emotion"):
+        from tfrecords_tools.master import gender_emotion
+
+        if label not in self.LABELS:
+            raise ValueError(f"label must be one of {self.LABELS}, got {label!r}")
         index = {c: i for i, c in enumerate(classes or ())}
         self.waveforms, self.ids, self.speakers, self.emotions = [], [], [], []
+        self.genders = []
         found, ratings = [], {"valence": [], "activation": []}
         for ex in read_records(records):
             uid = ex["utterance_id"].numpy().decode()
             emotion = ex["emotion"].numpy().decode()
+            gender = ex["gender"].numpy().decode()
+            name = emotion if label == "emotion" else gender_emotion(gender, emotion)
             if labels is not None:
                 if uid not in labels:
                     continue
-                label = int(labels[uid])
+                found.append(int(labels[uid]))
             elif classes is not None:
-                if emotion not in index:
+                if name not in index:
                     continue
-                label = index[emotion]
+                found.append(index[name])
             else:
-                label = -1
+                found.append(-1)
             self.waveforms.append(np.round(ex["waveform"].numpy() * 32768.0).astype(np.int16))
             self.ids.append(uid)
             self.speakers.append(ex["speaker"].numpy().decode())
             self.emotions.append(emotion)
-            found.append(label)
+            self.genders.append(gender)
             for key in ratings:
                 ratings[key].append(float(ex[key].numpy()))
         self.labels = np.asarray(found, np.int64)

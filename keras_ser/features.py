@@ -237,7 +237,12 @@ PRESETS = {
                   "proportion 0.6); dither 0 (Kaldi's default is 1.0) is our choice"),
     "nitk": FeatureConfig(
         window_ms=32.0, hop_ms=16.0, n_fft=512, n_mels=128, image_size=(224, 224),
-        reference="NITK report: log-mel spectrogram images at 224x224 for VGG16/ResNet50"),
+        reference="NITK report, Secs. 4.3.1 and 5.2: one greyscale log spectrogram image "
+                  "of 224 x 224 per utterance for the GAN and VGG16/ResNet50; the report "
+                  "gives no STFT values: the 32 ms Hann window (512 samples), 16 ms hop "
+                  "(256), 512-point FFT, 128 Slaney mel bands to 8 kHz in dB, the whole "
+                  "utterance resized bilinearly to 224 x 224 (low frequencies at the "
+                  "bottom) and min-max scaled to [0, 255] per image are our choice"),
 }
 
 

@@ -66,7 +66,7 @@ class Scorer:
         self._cut = tf.function(lambda w: self.units_model(w, training=False),
                                 input_signature=[tf.TensorSpec([1, None], tf.float32)])
         check = self.units_model.get_layer("check_waveform")
-        normalise = self.units_model.get_layer("normalise")
+        normalise = None if front.image else self.units_model.get_layer("normalise")
         windows = self.units_model.get_layer("sliding_windows") if front.windowed else None
         config = front.config
 
@@ -79,7 +79,11 @@ class Scorer:
         self._warped = tf.function(warped, input_signature=[tf.TensorSpec([1, None], tf.float32),
                                                             tf.TensorSpec([1], tf.float32)])
         dim = config.feature_dim
-        if front.windowed:
+        if front.image:
+            self._forward = tf.function(
+                lambda x: classifier(x, training=False),
+                input_signature=[tf.TensorSpec([None, *config.image_size, 3], tf.float32)])
+        elif front.windowed:
             self._forward = tf.function(
                 lambda x: classifier(x, training=False),
                 input_signature=[tf.TensorSpec([None, front.crop_frames, dim], tf.float32)])
@@ -142,7 +146,7 @@ class Scorer:
             ``(units, D)`` float32.
         """
         forward = forward or self._forward
-        if self.front.windowed:
+        if self.front.windowed or self.front.image:
             stacked = np.stack(units.arrays)
             return np.concatenate([np.asarray(forward(stacked[i:i + self.batch_size]))
                                    for i in range(0, len(stacked), self.batch_size)])

@@ -261,8 +261,15 @@ def test_front_end_round_trips_as_json_and_rejects_inconsistent_settings():
             ({"aggregate": "median"}, "aggregate must be")):
         with pytest.raises(ValueError, match=message):
             builders.FrontEnd("chang", stats, **kwargs)
-    with pytest.raises(ValueError, match="produces images"):
-        _ = builders.FrontEnd("nitk", stats).config
+    with pytest.raises(ValueError, match="one image per utterance"):
+        builders.FrontEnd("nitk", stats)
+    with pytest.raises(ValueError, match="one image per utterance"):
+        builders.FrontEnd("nitk", {}, crop_frames=8)
+    image = builders.FrontEnd("nitk", {})
+    assert image.image and not builders.FrontEnd("chang", stats).image
+    units = builders.build_units_model(image)
+    out = units(np.sin(np.arange(16000, dtype=np.float32) / 5.0)[None] * 0.3).numpy()
+    assert out.shape == (1, 224, 224, 3) and out.min() == 0.0 and out.max() == 255.0
 
 
 # --- Waveform checks ---------------------------------------------------------------------

@@ -292,12 +292,16 @@ def records_for(corpus: str, src: str, out_dir: str, progress: bool = True,
 
     Args:
         corpus: Reader name (`tfrecords_tools.reader.get_reader`), e.g. ``"emodb"`` or
-            ``"speech"`` for any folder of unlabelled audio.
-        src: A corpus folder as released, or a record folder written by `convert`
+            ``"speech"`` for any folder of unlabelled audio, or ``"master"`` for the
+            merged acted corpora (`tfrecords_tools.master.convert_master`).
+        src: A corpus folder as released (for ``"master"``, the folder of corpus
+            folders), or a record folder written by `convert` or `convert_master`
             (recognised by its ``stats.json`` and ``plan.json``).
         out_dir: Run folder; conversions go to ``<out_dir>/records/<corpus>``.
         progress: Show the converter's progress bar.
-        options: Reader options the recipe needs (e.g. ``{"merge_excited": True}``).
+        options: Reader options the recipe needs (e.g. ``{"merge_excited": True}``;
+            for ``"master"``, keyword arguments of `convert_master` such as
+            ``{"keep_boredom": True}``).
 
     Returns:
         The record folder.
@@ -305,7 +309,8 @@ def records_for(corpus: str, src: str, out_dir: str, progress: bool = True,
     Raises:
         KeyError: Unknown reader name.
         ValueError: ``src`` is a record folder converted with other ``options`` (the
-            message names them and the conversion command to use).
+            message names them and the conversion command to use), or ``src`` of
+            ``"master"`` holds a folder that is not a corpus.
         OSError, RuntimeError: From the reader or `convert` (a missing folder,
             unreadable audio, too many skipped files); the message names the file.
     """
@@ -325,6 +330,11 @@ def records_for(corpus: str, src: str, out_dir: str, progress: bool = True,
 
     target = os.path.join(out_dir, "records", corpus)
     print(f"converting {src} ({corpus}) -> {target}")
-    report = convert(treader.get_reader(corpus, **options), src, target, progress=progress)
+    if corpus == "master":
+        from tfrecords_tools.master import convert_master
+
+        report = convert_master(src, target, progress=progress, **options)
+    else:
+        report = convert(treader.get_reader(corpus, **options), src, target, progress=progress)
     print(f"  {report.records} records, {len(report.skipped)} skipped")
     return target

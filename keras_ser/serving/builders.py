@@ -82,6 +82,10 @@ class FrontEnd:
             raise ValueError("a front end has either windows (crop_frames) or VTLP copies")
         if self.aggregate == "vote" and not (self.warps or self.crop_frames):
             raise ValueError("a vote needs windows or VTLP copies to vote over")
+        if self.config.image_size and (self.crop_frames is not None or self.warps
+                                       or self.statistics):
+            raise ValueError(f"preset '{self.features}' produces one image per utterance: "
+                             "no windows, VTLP copies or normalisation statistics")
         if (self.crop_frames is not None or self.warps) and self.config.vad:
             raise ValueError(f"preset '{self.features}' keeps voiced frames only: it takes "
                              "whole utterances without VTLP copies")
@@ -103,9 +107,13 @@ class FrontEnd:
         config = features_mod.get_preset(self.features).replace(**self.feature_overrides)
         if config.sample_rate != self.sample_rate:
             config = config.replace(sample_rate=int(self.sample_rate))
-        if config.image_size:
-            raise ValueError(f"preset '{self.features}' produces images, not sequences")
         return config
+
+    @property
+    def image(self) -> bool:
+        """True for an image preset (``FeatureConfig.image_size``, the NITK report's
+        spectrogram images): the classifier takes one image per utterance, unnormalised."""
+        return bool(self.config.image_size)
 
     @property
     def windowed(self) -> bool:
@@ -137,7 +145,8 @@ def build_units_model(front: FrontEnd) -> keras.Model:
     Returns:
         Model ``"waveform"`` ``(batch, samples)`` -> ``(batch, windows, crop_frames,
         dim)`` (windowed), ``(batch, copies, frames, dim)`` (VTLP copies),
-        ``(batch, frames, dim)`` (whole utterances), or for a voice-activity preset
+        ``(batch, frames, dim)`` (whole utterances), ``(batch, H, W, 3)`` images in
+        [0, 255] for an image preset (no normalisation), or for a voice-activity preset
         (``FeatureConfig.vad``, Tu et al.) ``{"features": (batch, voiced_frames, dim),
         "length": (batch,)}``.
     """
@@ -146,6 +155,8 @@ def build_units_model(front: FrontEnd) -> keras.Model:
     x = CheckWaveform(config.window_samples, config.sample_rate,
                       name="check_waveform")(waveform)
     x = _feature_layers(front)(x)
+    if config.image_size:  # [0, 255] images: each network brings its own preprocessing
+        return keras.Model(waveform, x, name="units")
     if config.vad:
         x, length = VoicedFrames(name="voiced_frames")(x)
         x = Normalise(front.normalise, front.statistics, front.clip, name="normalise")(x)

@@ -1,0 +1,579 @@
+"""Protocol of the NITK report: per-class DCGAN augmentation, then ImageNet transfer.
+
+For each fold (a speaker-independent split, or the report's random split):
+
+1. Images. Every utterance becomes one 224 x 224 log-mel spectrogram image, computed by
+   the served front end (`ImageBank`, feature preset ``nitk``).
+2. GANs (`fold_gans`). For each class chosen for augmentation (the minority classes),
+   a DCGAN (`keras_ser.models.nitk_gan`) is trained on that class's training images
+   only, D1 first and D2 after the switch (`keras_ser.training.bce_gan`), and generates
+   the images the augmentation policy asks for (`augmentation_counts`). They are shared
+   by the three augmented classifiers of the fold.
+3. Classifiers (`train_classifier`). Each transfer network
+   (`keras_ser.models.transfer`) is trained on the real training images, or on them plus
+   the generated ones. Its frozen part is computed once per image (`FeatureCache`) and
+   only the trainable part is trained, unless ``cache=False``.
+4. Scores. Accuracy on the training images (the report's "Training" row), on the
+   validation speakers, and on the test speakers with WA, UA, macro-F1 and per-class
+   recall, all from the exported classifier's own front end (`keras_ser.scoring`).
+
+The two protocols differ only in the split (`Split`): speaker-independent folds keep
+the epoch with the best validation-speaker accuracy and test on unseen speakers; the
+report's random split (80 / 20 of the utterances, stratified; the ratio is our choice,
+the report gives none) mixes speakers, has no separate validation set, trains for
+the whole budget and reports the held-out 20 % as the report's "Validation" accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import weakref
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ser import data, io, metrics, plots, seeds
+from keras_ser.models import nitk_gan, transfer
+from keras_ser.scoring import Scorer
+from keras_ser.serving.builders import FrontEnd, build_units_model
+from keras_ser.training import bce_gan
+from keras_ser.training.resumable import (
+    LambdaLogs,
+    PersistentEarlyStopping,
+    fit_resumable,
+)
+
+FEATURES = "nitk"
+AUGMENTED = "+gan"
+ROWS = tuple(transfer.CLASSIFIERS) + tuple(c + AUGMENTED for c in transfer.CLASSIFIERS)
+TITLES = {**{c: s.title for c, s in transfer.CLASSIFIERS.items()},
+          **{c + AUGMENTED: s.title + " + GAN" for c, s in transfer.CLASSIFIERS.items()}}
+#: Fraction of the utterances held out by the report's random split (our choice).
+RANDOM_SPLIT_FRACTION = 0.2
+
+
+def front_end() -> FrontEnd:
+    """The served front end: one 224 x 224 x 3 [0, 255] image per utterance."""
+    return FrontEnd(features=FEATURES, statistics={})
+
+
+@dataclasses.dataclass(frozen=True)
+class GANSchedule:
+    """Budget of one class's GAN.
+
+    Attributes:
+        steps: Generator (and discriminator) updates in all (not in the report).
+        steps_per_epoch: Updates between two logged epochs, grids and checkpoints.
+        batch_size: Real images per step (report 128; the class's size when smaller).
+        switch_ratio: `keras_ser.training.bce_gan.GeneratorLossDropped` ratio.
+        max_d1_fraction: Share of ``steps`` D1 may use at most (our choice, 0.5).
+        d_lr, g_lr: Adam learning rates (report: 2e-5..5e-5 and 1.7e-4..2e-4).
+    """
+
+    steps: int = 2000
+    steps_per_epoch: int = 50
+    batch_size: int = 128
+    switch_ratio: float = 0.7
+    max_d1_fraction: float = 0.5
+    d_lr: float = 2e-5
+    g_lr: float = 2e-4
+
+    def __post_init__(self):
+        if self.steps < 2 * self.steps_per_epoch or self.steps_per_epoch < 1:
+            raise ValueError(f"need steps >= 2 x steps_per_epoch >= 2 (one epoch per "
+                             f"discriminator), got {self.steps} and {self.steps_per_epoch}")
+
+    @property
+    def epochs(self) -> int:
+        """Logged epochs in all."""
+        return self.steps // self.steps_per_epoch
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Which utterances train, validate and test in one fold.
+
+    Attributes:
+        name: Fold name.
+        train, validation, test: Utterance indices; ``validation`` is empty for the
+            random split (then the last epoch is kept).
+        protocol: ``"speaker"`` (speaker-independent) or ``"random"``.
+        speakers: ``{"train", "validation", "test"}`` speaker lists (for the record).
+    """
+
+    name: str
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    protocol: str
+    speakers: dict
+
+    @classmethod
+    def from_fold(cls, fold, utterances: data.Utterances) -> Split:
+        """The utterances of a `keras_ser.folds.Fold`'s speakers.
+
+        Raises:
+            ValueError: A part without utterances.
+        """
+        parts = {p: utterances.indices(fold.part(p)) for p in ("train", "validation", "test")}
+        for part, index in parts.items():
+            if not len(index):
+                raise ValueError(f"fold {fold.name}: no {part} utterances for speakers "
+                                 f"{sorted(fold.part(part))}")
+        return cls(fold.name, parts["train"], parts["validation"], parts["test"], "speaker",
+                   {p: sorted(fold.part(p)) for p in parts})
+
+    @classmethod
+    def random(cls, utterances: data.Utterances, seed: int, name: str = "random-split",
+               fraction: float = RANDOM_SPLIT_FRACTION) -> Split:
+        """The report's random split: ``fraction`` of the utterances held out,
+        stratified by class (scikit-learn's ``train_test_split``), speakers mixed."""
+        from sklearn.model_selection import train_test_split
+
+        index = np.arange(len(utterances))
+        train, test = train_test_split(index, test_size=fraction, random_state=seed % 2 ** 32,
+                                       stratify=utterances.labels)
+        return cls(name, np.sort(train), np.zeros(0, np.int64), np.sort(test), "random",
+                   {"train": sorted(set(utterances.speakers)), "validation": [],
+                    "test": sorted(set(utterances.speakers))})
+
+
+class ImageBank:
+    """Every utterance's spectrogram image, computed once by the served front end.
+
+    Args:
+        utterances: `keras_ser.data.Utterances`.
+        front: The image front end (default `front_end`).
+
+    Attributes:
+        images: ``(n, 224, 224, 1)`` float32 in [0, 255] (the three channels of the
+            served image are equal; one is kept).
+
+    Raises:
+        tf.errors.InvalidArgumentError: An utterance shorter than one STFT window.
+    """
+
+    def __init__(self, utterances: data.Utterances, front: FrontEnd | None = None):
+        units = build_units_model(front or front_end())
+        cut = tf.function(lambda w: units(w, training=False),
+                          input_signature=[tf.TensorSpec([1, None], tf.float32)])
+        self.images = np.stack([cut(tf.constant(w.astype(np.float32)[None] / 32768.0))
+                                .numpy()[0, ..., :1] for w in utterances.waveforms])
+
+    def rgb(self, index) -> np.ndarray:
+        """``(k, 224, 224, 3)`` images at ``index``."""
+        return np.repeat(self.images[index], 3, axis=-1)
+
+
+class FeatureCache:
+    """The frozen part of a transfer network computed once per image, kept on disk.
+
+    An entry is keyed by the SHA-1 of the frozen part's configuration and weights
+    (`keras_ser.models.transfer.TransferNetwork.frozen_digest`) and of the image's
+    bytes, so any change of network, weights, input size or image makes a new entry;
+    entries are ``<directory>/<network>-<digest>/<image sha1>.npy``, written atomically.
+
+    Only the disk holds entries when ``directory`` is given, so memory stays at one
+    fold's features (``vgg16_half`` at 224 x 224 caches 1.6 MB per image: 28 x 28 x 512
+    float32).
+
+    Args:
+        directory: Cache folder (created); ``None`` keeps entries in memory only.
+
+    Attributes:
+        hits, misses: Images served from the cache and computed, since creation.
+    """
+
+    def __init__(self, directory: str | None):
+        self.directory = directory
+        self.memory: dict = {}
+        self.hits = self.misses = 0
+
+    def features(self, network: transfer.TransferNetwork, images: np.ndarray,
+                 batch_size: int = 32) -> np.ndarray:
+        """``network.frozen`` on every image, from the cache where possible.
+
+        Args:
+            network: A `TransferNetwork`.
+            images: ``(n, H, W, 1)`` or ``(n, H, W, 3)`` float32 in [0, 255].
+            batch_size: Images per forward pass of the misses.
+
+        Returns:
+            ``(n, *network.frozen.output_shape[1:])`` float32.
+        """
+        images = np.asarray(images, np.float32)
+        folder = f"{network.name}-{network.frozen_digest()[:16]}"
+        keys = [hashlib.sha1(np.ascontiguousarray(im[..., :1]).tobytes()).hexdigest()
+                for im in images]
+        out: list = [self._load(folder, k) for k in keys]
+        missing = [i for i, found in enumerate(out) if found is None]
+        self.hits += len(images) - len(missing)
+        self.misses += len(missing)
+        forward = _inference(network.frozen)
+        for start in range(0, len(missing), batch_size):
+            chosen = missing[start:start + batch_size]
+            rgb = np.repeat(images[chosen, ..., :1], 3, axis=-1)
+            for i, value in zip(chosen, np.asarray(forward(rgb))):
+                out[i] = value
+                self._store(folder, keys[i], value)
+        if not out:
+            return np.zeros((0, *network.frozen.output_shape[1:]), np.float32)
+        return np.stack(out).astype(np.float32)
+
+    def _load(self, folder, key):
+        if self.directory is None:
+            return self.memory.get((folder, key))
+        path = os.path.join(self.directory, folder, key + ".npy")
+        return np.load(path) if os.path.isfile(path) else None
+
+    def _store(self, folder, key, value):
+        if self.directory is None:
+            self.memory[folder, key] = value
+        else:
+            path = os.path.join(self.directory, folder, key + ".npy")
+            io.atomic_write(path, lambda tmp: np.save(tmp, value), suffix=".npy")
+
+
+def minority_classes(labels, classes: Sequence[str], count: int) -> list:
+    """The ``count`` classes with the fewest examples in ``labels`` (ties: class order).
+
+    Raises:
+        ValueError: ``count`` not in ``1 .. len(classes) - 1``.
+    """
+    if not 0 < count < len(classes):
+        raise ValueError(f"can augment 1..{len(classes) - 1} of {len(classes)} classes, "
+                         f"asked for {count}")
+    sizes = np.bincount(np.asarray(labels), minlength=len(classes))
+    order = sorted(range(len(classes)), key=lambda k: (sizes[k], k))
+    return [classes[k] for k in order[:count]]
+
+
+def augmentation_counts(labels, classes: Sequence[str], chosen: Sequence[str],
+                        policy) -> dict:
+    """How many images to generate per chosen class.
+
+    Args:
+        labels: ``(n,)`` training labels (class indices).
+        classes: Class names.
+        chosen: Classes to augment.
+        policy: ``"balance"`` (up to the largest class's count), an int N (N more per
+            chosen class; the report adds 250 to each male class and 400 to each
+            surprise class), or ``{class: N}``.
+
+    Returns:
+        ``{class: count}`` for the chosen classes, counts >= 0.
+
+    Raises:
+        ValueError: A class not in ``classes``, a negative count, an unknown policy.
+
+    Reference:
+        NITK report, Sec. 6.1, Figures 13 and 18.
+    """
+    unknown = [c for c in chosen if c not in classes]
+    if unknown:
+        raise ValueError(f"cannot augment {unknown}: not among the classes {list(classes)}")
+    sizes = np.bincount(np.asarray(labels), minlength=len(classes))
+    if policy == "balance":
+        top = int(sizes.max())
+        counts = {c: top - int(sizes[classes.index(c)]) for c in chosen}
+    elif isinstance(policy, dict):
+        missing = [c for c in chosen if c not in policy]
+        if missing:
+            raise ValueError(f"no count given for {missing}")
+        counts = {c: int(policy[c]) for c in chosen}
+    elif isinstance(policy, (int, np.integer)) and not isinstance(policy, bool):
+        counts = {c: int(policy) for c in chosen}
+    else:
+        raise ValueError(f"augmentation policy must be 'balance', an int or a dict, got "
+                         f"{policy!r}")
+    if any(v < 0 for v in counts.values()):
+        raise ValueError(f"negative augmentation counts {counts}")
+    return counts
+
+
+def _gan_batches(images: np.ndarray, batch_size: int, seed: int, epochs: tuple,
+                 steps_per_epoch: int):
+    """Batches of real images in [-1, 1], each drawn from ``(seed, epoch, step)``."""
+    first, stop = epochs
+    size = min(batch_size, len(images))
+    scaled = nitk_gan.to_gan_image(images).astype(np.float32)
+
+    def batches():
+        for epoch in range(first, stop):
+            rng = np.random.default_rng(seeds.derive(seed, "gan-batches", epoch))
+            for _ in range(steps_per_epoch):
+                yield scaled[rng.choice(len(scaled), size, replace=False)]
+
+    spec = tf.TensorSpec((size, *scaled.shape[1:]), tf.float32)
+    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(
+        tf.data.AUTOTUNE), steps_per_epoch
+
+
+def train_class_gan(images: np.ndarray, config, schedule: GANSchedule, folder: str,
+                    seed: int, title: str, verbose="auto") -> dict:
+    """Train one class's DCGAN: D1 until the generator loss drops, then D2.
+
+    Args:
+        images: ``(n, 224, 224, 1)`` training images of the class, [0, 255].
+        config: `keras_ser.models.nitk_gan.NITKGANConfig` or preset name.
+        schedule: `GANSchedule`.
+        folder: Run folder of this GAN: ``d1/`` and ``d2/`` checkpoints, ``logs/``
+            (TensorBoard losses and grids), ``grids/`` (PNG per epoch),
+            ``generator.keras``.
+        seed: Seed of the weights, the noise and the batches.
+        title: Name in messages.
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        ``{"generator": keras.Model, "history": {"d1": [...], "d2": [...]},
+        "switch_epoch": int}`` (epochs are ``schedule.steps_per_epoch`` steps).
+
+    Raises:
+        ValueError: Fewer than 2 images.
+
+    Reference:
+        NITK report, Sec. 6.1.
+    """
+    if len(images) < 2:
+        raise ValueError(f"{title}: a GAN needs at least 2 training images, got {len(images)}")
+    keras.utils.set_random_seed(seed)
+    generator = nitk_gan.build_generator(config)
+    noise = np.random.default_rng(seed).standard_normal((16, generator.input_shape[-1]))
+
+    def as_spectrogram(z, training=False):
+        return nitk_gan.spectrogram_view(generator(z, training=training))
+
+    history, done = {}, 0
+    d1_epochs = max(1, int(schedule.epochs * schedule.max_d1_fraction))
+    for stage, budget in (("d1", d1_epochs), ("d2", schedule.epochs)):
+        trainer = bce_gan.build_trainer(generator, stage, config, seeds.derive(seed, stage),
+                                        schedule.d_lr, schedule.g_lr)
+        grids = plots.SpectrogramGridCallback(
+            as_spectrogram, noise.astype(np.float32), log_dir=os.path.join(folder, "logs"),
+            png_dir=os.path.join(folder, "grids"), tag=f"{stage}_generated")
+        switch = bce_gan.GeneratorLossDropped(schedule.switch_ratio) if stage == "d1" else None
+        # D2 continues the epoch count where D1 stopped, so a stage-2 checkpoint holds
+        # the whole budget's remainder.
+        stop, stage_seed = budget - (0 if stage == "d1" else done), seeds.derive(seed, stage)
+        state = fit_resumable(
+            trainer, lambda first, n=stop, s=stage_seed: _gan_batches(
+                images, schedule.batch_size, s, (first, n), schedule.steps_per_epoch),
+            directory=os.path.join(folder, stage), epochs=stop, seed=stage_seed,
+            stage=f"{title} {stage}", early_stopping=switch, callbacks=[grids],
+            verbose=verbose, log_dir=os.path.join(folder, "logs", stage))
+        history[stage] = state["history"]
+        done += int(state["epochs_done"]) if stage == "d1" else 0
+    io.save_model(generator, os.path.join(folder, "generator.keras"))
+    return {"generator": generator, "history": history, "switch_epoch": done}
+
+
+def fold_gans(split: Split, utterances: data.Utterances, bank: ImageBank,
+              classes: Sequence[str], counts: dict, config, schedule: GANSchedule,
+              folder: str, seed: int, verbose="auto") -> dict:
+    """Train the fold's per-class GANs (or reuse them) and generate their images.
+
+    Args:
+        split: The fold; GANs see its training images only.
+        utterances, bank: The corpus and its images.
+        classes: Class names (index order of ``utterances.labels``).
+        counts: ``{class: images to generate}`` (`augmentation_counts`).
+        config, schedule: GAN preset and budget.
+        folder: ``<folder>/<class>/`` holds each GAN's run and ``generated.npz``.
+        seed: Fold seed (each class derives its own).
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        ``{"images": (k, 224, 224, 1) float32 [0, 255], "labels": (k,) int64,
+        "gans": {class: {"images", "real", "switch_epoch", "final_g_loss",
+        "final_d_loss"}}}``; a class with a count of 0 gets no GAN.
+    """
+    images, labels, report = [], [], {}
+    for name in [c for c in counts if counts[c] > 0]:
+        k = classes.index(name)
+        path = os.path.join(folder, name)
+        done = os.path.join(path, "generated.npz")
+        if not os.path.isfile(done):
+            own = split.train[utterances.labels[split.train] == k]
+            run = train_class_gan(bank.images[own], config, schedule, path,
+                                  seeds.derive(seed, "gan", name), f"GAN {name}", verbose)
+            made = nitk_gan.from_gan_image(bce_gan.generate(
+                run["generator"], counts[name], seeds.derive(seed, "generate", name)))[..., :1]
+            last = (run["history"].get("d2") or run["history"]["d1"])[-1]
+            io.save_npz(done, images=np.asarray(made, np.float32),
+                        switch_epoch=run["switch_epoch"], final_g_loss=last["g_loss"],
+                        final_d_loss=last["d_loss"], real=len(own))
+            plots.save_png(plots.spectrogram_grid(nitk_gan.spectrogram_view(
+                nitk_gan.to_gan_image(np.asarray(made[:16])))), os.path.join(
+                    path, "generated.png"))
+        with np.load(done) as stored:
+            images.append(stored["images"])
+            labels.append(np.full(len(stored["images"]), k, np.int64))
+            report[name] = {"images": len(stored["images"]), "real": int(stored["real"]),
+                            "switch_epoch": int(stored["switch_epoch"]),
+                            "final_g_loss": float(stored["final_g_loss"]),
+                            "final_d_loss": float(stored["final_d_loss"])}
+    side = bank.images.shape[1:]
+    return {"images": np.concatenate(images) if images else np.zeros((0, *side), np.float32),
+            "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
+            "gans": report}
+
+
+def _batches(inputs: np.ndarray, labels: np.ndarray, classes: int, batch_size: int,
+             seed: int, epochs: tuple, rgb: bool):
+    """Shuffled ``(inputs, one-hot)`` batches of epochs ``first..stop-1``; epoch e's
+    order comes from ``(seed, e)`` alone, so a resumed run sees the same batches."""
+    first, stop = epochs
+    onehot = np.eye(classes, dtype=np.float32)[labels]
+
+    def batches():
+        for epoch in range(first, stop):
+            order = np.random.default_rng(seeds.derive(seed, "batches", epoch)).permutation(
+                len(inputs))
+            for start in range(0, len(order), batch_size):
+                chosen = order[start:start + batch_size]
+                x = inputs[chosen]
+                yield (np.repeat(x, 3, axis=-1) if rgb else x), onehot[chosen]
+
+    shape = (None, *inputs.shape[1:-1], 3) if rgb else (None, *inputs.shape[1:])
+    spec = (tf.TensorSpec(shape, tf.float32), tf.TensorSpec((None, classes), tf.float32))
+    steps = math.ceil(len(inputs) / batch_size)
+    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(
+        tf.data.AUTOTUNE), steps
+
+
+_FORWARD = weakref.WeakKeyDictionary()
+
+
+def _inference(model):
+    """``model`` in inference mode as one `tf.function` per model (traced once, reused)."""
+    if model not in _FORWARD:
+        _FORWARD[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return _FORWARD[model]
+
+
+def _predict(model, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    forward = _inference(model)
+    parts = [np.asarray(forward(inputs[i:i + batch_size]))
+             for i in range(0, len(inputs), batch_size)]
+    return np.concatenate(parts)
+
+
+def train_classifier(name: str, split: Split, utterances: data.Utterances, bank: ImageBank,
+                     classes: Sequence[str], out_dir: str, *, config, epochs: int, seed: int,
+                     network_seed: int, weights: str | None = None, synthetic: dict | None = None,
+                     cache: FeatureCache | None = None, row: str | None = None,
+                     verbose="auto") -> dict:
+    """Train one transfer classifier on a fold and score it.
+
+    Args:
+        name: Key of `keras_ser.models.transfer.CLASSIFIERS`.
+        split: The fold.
+        utterances, bank: The corpus and its images.
+        classes: Class names.
+        out_dir: Run folder: ``ckpt/``, ``logs/``, ``model.keras`` (the waveform-free
+            image classifier), ``predictions.npz``.
+        config: `keras_ser.models.transfer.TransferConfig` or preset name.
+        epochs: Epoch budget.
+        seed: Seed of the head's weights and the batches.
+        network_seed: Seed of the random initialisation of the base when ``weights`` is
+            None: the same for every fold, as ImageNet weights would be, so the frozen
+            features of an image are computed once per run.
+        weights: ``"imagenet"``, a weight file, or None (`transfer.resolve_weights`).
+        synthetic: ``{"images": (k, 224, 224, 1), "labels": (k,)}`` generated training
+            images added to the real ones (`fold_gans`), or None.
+        cache: A `FeatureCache`; None trains the whole network on images every epoch
+            (the frozen part recomputed each step; same results, slower).
+        row: Table row (default ``name``, plus ``+gan`` with ``synthetic``).
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        Dict with ``row``, ``fold``, ``protocol``, ``speakers``, ``classes``,
+        ``epochs``, ``best_epoch``, ``train`` (accuracy on the images trained on),
+        ``train_real`` (on the real training images), ``validation`` (the validation
+        speakers' report; None for the random split) and ``test``
+        (`keras_ser.metrics.classification_report` plus ``train_accuracy`` and
+        ``validation_accuracy``), ``synthetic`` (images added per class).
+
+    Raises:
+        FileNotFoundError: Missing weight file.
+        ValueError: A checkpoint of another configuration in ``out_dir``.
+
+    Reference:
+        NITK report, Sec. 6.2 and Figure 19.
+    """
+    config = transfer.get_config(config)
+    keras.utils.set_random_seed(network_seed)
+    net = transfer.build_transfer(name, len(classes), config, weights,
+                                  image_size=bank.images.shape[1], head_seed=seed)
+    keras.utils.set_random_seed(seed)
+    images = bank.images[split.train]
+    labels = utterances.labels[split.train]
+    if synthetic is not None and len(synthetic["labels"]):
+        images = np.concatenate([images, synthetic["images"]])
+        labels = np.concatenate([labels, synthetic["labels"]])
+    if cache is not None:
+        inputs = cache.features(net, images)
+        net.standardise(inputs)
+        model = net.compile(net.head)
+        val_inputs = cache.features(net, bank.images[split.validation])
+        forward = net.head
+    else:
+        if net.config.standardise:
+            net.standardise(FeatureCache(None).features(net, images))
+        model = net.compile(net.logits)
+        inputs, val_inputs, forward = images, bank.rgb(split.validation), net.logits
+    val_labels = utterances.labels[split.validation]
+    selecting = split.protocol == "speaker"
+
+    def validation_logs(epoch):
+        return {"val_wa": metrics.weighted_accuracy(
+            val_labels, _predict(forward, val_inputs).argmax(axis=1))}
+
+    state = fit_resumable(
+        model, lambda first: _batches(inputs, labels, len(classes), config.batch_size, seed,
+                                      (first, epochs), rgb=cache is None),
+        directory=os.path.join(out_dir, "ckpt"), epochs=epochs, seed=seed,
+        stage=f"{row or name} {split.name}",
+        early_stopping=PersistentEarlyStopping("val_wa", epochs) if selecting else None,
+        callbacks=[LambdaLogs(validation_logs)] if selecting else [], verbose=verbose,
+        log_dir=os.path.join(out_dir, "logs"))
+    train_pred = np.concatenate([_predict(forward, np.repeat(inputs[i:i + 256], 3, axis=-1)
+                                          if cache is None else inputs[i:i + 256])
+                                 for i in range(0, len(inputs), 256)]).argmax(axis=1)
+    real = len(split.train)
+    scorer = Scorer(net.classifier, front_end(), batch_size=64)
+    scores = scorer.score(utterances.select(split.test))
+    test_labels = utterances.labels[split.test]
+    result = {
+        "row": row or name + (AUGMENTED if synthetic is not None else ""), "fold": split.name,
+        "protocol": split.protocol, "speakers": split.speakers, "classes": list(classes),
+        "network": name, "config": config.to_dict(), "weights": weights or "random",
+        "epochs": int(state["epochs_done"]),
+        "best_epoch": (int(state["early_stopping"]["best_epoch"]) + 1 if selecting
+                       else int(state["epochs_done"])),
+        "train": metrics.weighted_accuracy(labels, train_pred),
+        "train_real": metrics.weighted_accuracy(labels[:real], train_pred[:real]),
+        "synthetic": {c: int((labels[real:] == k).sum()) for k, c in enumerate(classes)
+                      if (labels[real:] == k).any()},
+        "validation": (metrics.classification_report(
+            val_labels, _predict(forward, val_inputs), classes) if selecting else None),
+        "test": metrics.classification_report(test_labels, scores.predicted, classes)}
+    result["test"]["train_accuracy"] = result["train"]
+    result["test"]["validation_accuracy"] = (result["validation"]["wa"] if selecting
+                                             else result["test"]["wa"])
+    for c, value in result["test"]["recall"].items():
+        result["test"][f"recall_{c}"] = value
+    io.save_npz(os.path.join(out_dir, "predictions.npz"),
+                utterance_id=np.array([utterances.ids[i] for i in split.test]),
+                probabilities=scores.probabilities)
+    io.save_model(net.classifier, os.path.join(out_dir, "model.keras"))
+    return result
