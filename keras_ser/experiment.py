@@ -176,6 +176,17 @@ class Corpus:
         """Emotion classes with at least one record, sorted."""
         return sorted(k for k, v in self.stats.get("emotion", {}).items() if v > 0)
 
+    def present_labels(self, label: str = "emotion") -> list:
+        """Classes of ``label`` (`keras_ser.data.Utterances.LABELS`) with a record, sorted:
+        `present`, or the gender x emotion classes of the speakers' counts."""
+        if label == "emotion":
+            return self.present
+        from tfrecords_tools.master import gender_emotion
+
+        return sorted({gender_emotion(s["gender"], e)
+                       for s in self.stats.get("speakers", {}).values()
+                       for e, n in s["emotion"].items() if n} - {""})
+
 
 def load_corpus(args, out: str, options: dict | None = None) -> Corpus:
     """Convert (or reuse) the corpus of ``--data`` and the ``--unlabelled`` folders.
@@ -212,20 +223,25 @@ def load_corpus(args, out: str, options: dict | None = None) -> Corpus:
 
 
 def choose_classes(corpus: Corpus, requested: str | None, default: Sequence[str] | None = None,
-                   minimum: int = 2) -> list:
-    """The emotion classes of a run: ``--classes``, else ``default``, else all present.
+                   minimum: int = 2, label: str = "emotion") -> list:
+    """The classes of a run: ``--classes``, else ``default``, else all present.
+
+    Args:
+        label: What the classes name (`Corpus.present_labels`): ``"emotion"`` or
+            ``"gender_emotion"``.
 
     Raises:
         BadInput: A class the corpus does not have, or fewer than ``minimum``.
     """
+    present = corpus.present_labels(label)
     if requested:
         classes = [c.strip() for c in requested.split(",") if c.strip()]
     else:
-        classes = list(default) if default else corpus.present
-    missing = [c for c in classes if c not in corpus.present]
+        classes = list(default) if default else present
+    missing = [c for c in classes if c not in present]
     if missing or len(classes) < minimum:
         raise BadInput(f"--classes: {missing or classes} not usable; {corpus.records} has "
-                       f"{corpus.present}")
+                       f"{present}")
     return classes
 
 
@@ -495,6 +511,35 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
     io.write_text(os.path.join(out, "results.md"), text)
     print("\n" + text)
     return summary
+
+
+def export_best(out: str, name: str, summary: dict, results: Sequence[dict], front,
+                class_names, extra: dict, key: str = "wa", row_key: str = "row") -> str:
+    """Export the row with the best mean test ``key``, from its run with the best
+    validation accuracy (``result["validation"]["wa"]``, or the test set's for a protocol
+    without validation speakers), loaded from that run's ``model.keras``.
+
+    Args:
+        out, name, class_names: As for `export`.
+        summary: `write_results`' summary.
+        results: The fold results of `run_folds`.
+        front: ``front(result) -> FrontEnd`` of the chosen run.
+        extra: JSON facts; the row (under ``row_key``) and ``fold`` are added.
+        key: Summary metric ranking the rows.
+        row_key: Name of the row in ``extra`` (e.g. ``"variant"``).
+
+    Returns:
+        The version folder.
+    """
+    import keras
+
+    best = max(summary, key=lambda r: summary[r][key]["mean"])
+    run = max((r for r in results if r["row"] == best),
+              key=lambda r: (r.get("validation") or r["test"])["wa"])
+    model = keras.models.load_model(os.path.join(
+        fold_folder(out, best, run["fold"], run["repeat"]), "model.keras"))
+    return export(out, name, model, front(run), class_names,
+                  {**extra, row_key: best, "fold": run["fold"]})
 
 
 def export(out: str, name: str, classifier, front, class_names, extra: dict) -> str:

@@ -37,8 +37,6 @@ import os
 import sys
 import time
 
-import keras
-
 from keras_ser import data, experiment
 from keras_ser.experiment import Metric, Schedule
 from keras_ser.models import xvector
@@ -113,17 +111,6 @@ def header(args, classes, iemocap, scheme, folds, settings, rows) -> list:
             f"Chance accuracy {100 / len(classes):.1f}% (UA)."]
 
 
-def export_best(out, summary, results, classes, corpus):
-    """Export the row with the best mean test accuracy, from its best validation run."""
-    best = max(summary, key=lambda r: summary[r]["wa"]["mean"])
-    fold = max((r for r in results if r["row"] == best), key=lambda r: r["validation"]["wa"])
-    model = keras.models.load_model(os.path.join(experiment.fold_folder(
-        out, best, fold["fold"], fold["repeat"]), "model.keras"))
-    experiment.export(out, "speaker_adversarial", model, protocol.front_end(
-        fold["normalisation"]), classes, {"recipe": "speaker_adversarial", "variant": best,
-                                          "fold": fold["fold"], "corpus": corpus.name})
-
-
 @experiment.recipe_main
 def main(argv=None) -> int:
     """Run the recipe; returns the exit status (0; 2 for bad options or data)."""
@@ -179,7 +166,10 @@ def main(argv=None) -> int:
         sections=[experiment.paired_tests_markdown(tests[m.key], "SER_only", m, protocol.TITLES)
                   for m in COLUMNS if m.key in tests])
     if not args.no_export:
-        export_best(out, summary, results, classes, corpus)
+        experiment.export_best(
+            out, "speaker_adversarial", summary, results,
+            lambda r: protocol.front_end(r["normalisation"]), classes,
+            {"recipe": "speaker_adversarial", "corpus": corpus.name}, row_key="variant")
     return 0
 
 

@@ -47,8 +47,6 @@ import os
 import sys
 import time
 
-import keras
-
 from keras_ser import data, experiment, seeds
 from keras_ser.experiment import Metric, Schedule
 from keras_ser.models import nitk_gan, transfer
@@ -94,28 +92,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def augment_policy(text: str):
-    """``--augment-count`` as `protocol.augmentation_counts` takes it.
+def configure(args, corpus, classes) -> tuple:
+    """``(TransferConfig, GANSchedule, gan preset, Schedule, augmentation policy)``.
 
     Raises:
-        experiment.BadInput: Not ``balance``, an integer or ``class=N,...``.
-    """
-    if text == "balance":
-        return text
-    try:
-        if "=" in text:
-            return {k.strip(): int(v) for k, v in (p.split("=") for p in text.split(","))}
-        return int(text)
-    except ValueError:
-        raise experiment.BadInput(f"--augment-count {text!r}: use balance, N or "
-                                  "class=N,...") from None
-
-
-def configure(args, corpus) -> tuple:
-    """``(TransferConfig, GANSchedule, gan preset, Schedule)`` of the run.
-
-    Raises:
-        experiment.BadInput: Out-of-range values, or a missing weight file.
+        experiment.BadInput: Out-of-range values, unknown classes to augment, a bad
+            ``--augment-count``, or a missing weight file.
     """
     name = "smoke" if corpus.smoke else args.preset
     settings = SCHEDULES[name].override(args)
@@ -127,33 +109,21 @@ def configure(args, corpus) -> tuple:
             batch_size=settings.batch_size, standardise=weights(args) is None)
         for spec in {transfer.CLASSIFIERS[c].network for c in transfer.CLASSIFIERS}:
             transfer.resolve_weights(spec, weights(args))
+        policy = protocol.parse_policy(args.augment_count)
+        chosen = [c for c in (args.augment or "").split(",") if c]
+        unknown = [c for c in chosen if c not in classes]
+        if unknown:
+            raise ValueError(f"--augment {unknown}: not among the classes {classes}")
+        if isinstance(policy, dict) and (not chosen or set(chosen) - set(policy)):
+            raise ValueError("--augment-count class=N needs --augment naming those classes")
     except (ValueError, FileNotFoundError) as err:
         raise experiment.BadInput(str(err)) from None
-    return model, gans, args.gan_preset or args.preset, settings
+    return model, gans, args.gan_preset or args.preset, settings, policy
 
 
 def weights(args):
     """``--weights`` for `keras_ser.models.transfer.build_transfer` (None: random)."""
     return None if args.weights == "none" else args.weights
-
-
-def label_classes(args, corpus) -> list:
-    """The classes of ``--label`` present in the corpus (or ``--classes``).
-
-    Raises:
-        experiment.BadInput: A requested class the corpus does not have.
-    """
-    if args.label == "emotion":
-        return experiment.choose_classes(corpus, args.classes)
-    from tfrecords_tools.master import gender_emotion
-
-    present = sorted({gender_emotion(s["gender"], e) for s in corpus.stats["speakers"].values()
-                      for e, n in s["emotion"].items() if n} - {""})
-    chosen = [c.strip() for c in args.classes.split(",")] if args.classes else present
-    if [c for c in chosen if c not in present] or len(chosen) < 2:
-        raise experiment.BadInput(f"--classes {chosen}: gender x emotion classes present "
-                                  f"are {present}")
-    return chosen
 
 
 def header(args, classes, scheme, folds, settings, gans, model) -> list:
@@ -177,40 +147,6 @@ def header(args, classes, scheme, folds, settings, gans, model) -> list:
             f"Base weights: {weights_note}."]
 
 
-def recall_section(results, chosen_per_fold, classes) -> str:
-    """Markdown: recall of each augmented class, original vs augmented, per classifier."""
-    import numpy as np
-
-    lines = ["## Recall of the augmented classes (test, mean over folds)", "",
-             "| Classifier | Class | Original | Augmented | Folds |", "|---|---|---|---|---|"]
-    for name in transfer.CLASSIFIERS:
-        for c in classes:
-            pairs = [(r["test"]["recall"].get(c), s["test"]["recall"].get(c))
-                     for r in results if r["row"] == name
-                     for s in results if s["row"] == name + protocol.AUGMENTED
-                     and s["fold"] == r["fold"] and s["repeat"] == r["repeat"]
-                     and c in chosen_per_fold.get(r["fold"], ())]
-            pairs = [p for p in pairs if None not in p]
-            if pairs:
-                before, after = (100 * np.mean(v) for v in zip(*pairs))
-                lines.append(f"| {transfer.CLASSIFIERS[name].title} | {c} | {before:.1f} | "
-                             f"{after:.1f} | {len(pairs)} |")
-    return "\n".join(lines)
-
-
-def export_best(out, summary, results, classes, corpus):
-    """Export the row with the best mean test accuracy, from its best fold."""
-    from keras_ser.models.transfer import ImageNetPreprocess  # noqa: F401 (deserialise)
-
-    best = max(summary, key=lambda r: summary[r]["wa"]["mean"])
-    fold = max((r for r in results if r["row"] == best), key=lambda r: r["test"]["wa"])
-    model = keras.models.load_model(os.path.join(experiment.fold_folder(
-        out, best, fold["fold"], fold["repeat"]), "model.keras"))
-    experiment.export(out, "transfer_gan_augment", model, protocol.front_end(), classes,
-                      {"recipe": "transfer_gan_augment", "row": best, "fold": fold["fold"],
-                       "corpus": corpus.name})
-
-
 @experiment.recipe_main
 def main(argv=None) -> int:
     """Run the recipe; returns the exit status (0; 2 for bad options or data)."""
@@ -220,88 +156,59 @@ def main(argv=None) -> int:
     out = experiment.out_dir(args, "transfer_gan_augment")
     # 1. Data and labels.
     corpus = experiment.load_corpus(args, out)
-    classes = label_classes(args, corpus)
+    classes = experiment.choose_classes(corpus, args.classes, label=args.label)
     utterances = data.Utterances(corpus.records, classes=classes, label=args.label)
     # 2. One spectrogram image per utterance, by the served front end.
     bank = protocol.ImageBank(utterances)
-    # 3. Folds: speakers held out, or the report's random split.
+    # 3. Folds: speakers held out, or the report's random splits.
     scheme = {"loso": "loso-speaker", "kfold": "kfold", "random": "random"}[args.protocol]
-    if scheme == "random":
-        from keras_ser.folds import Fold
-
-        folds = [Fold(f"random-split-{i + 1}", sorted(set(utterances.speakers)), [], [])
-                 for i in range(args.splits)]
-    else:
-        folds = experiment.choose_folds(corpus, scheme, args.folds or (
-            "2" if corpus.smoke else None), out, **({"k": args.k} if scheme == "kfold" else {}))
-    model, gans, gan_preset, settings = configure(args, corpus)
-    policy = augment_policy(args.augment_count)
+    folds = protocol.random_folds(utterances.speakers, args.splits) if scheme == "random" \
+        else experiment.choose_folds(corpus, scheme, args.folds or ("2" if corpus.smoke else
+                                     None), out, **({"k": args.k} if scheme == "kfold" else {}))
+    model, gans, gan_preset, settings, policy = configure(args, corpus, classes)
     experiment.write_config(out, args, argv, corpus, classes=classes, protocol=scheme,
                             folds=[f.name for f in folds], model_config=model,
                             gan_schedule=gans.to_dict(), gan_preset=gan_preset,
                             settings=settings, rows=rows)
     cache = None if args.no_cache else protocol.FeatureCache(os.path.join(out, "cache"))
-    chosen_per_fold = {}
 
     def fold_run(row, fold, path, seed):
-        split = (protocol.Split.random(utterances, seeds.derive(args.seed, fold.name),
-                                       fold.name) if scheme == "random"
-                 else protocol.Split.from_fold(fold, utterances))
-        synthetic = None
+        split, synthetic = protocol.fold_split(fold, utterances, args.seed), None
         if row.endswith(protocol.AUGMENTED):
-            # 4. The fold's per-class GANs, shared by the three augmented classifiers.
+            # 4. The fold's per-class GANs (the minority classes), shared by the rows.
             labels = utterances.labels[split.train]
-            try:
-                chosen = ([c.strip() for c in args.augment.split(",")] if args.augment else
-                          protocol.minority_classes(labels, classes, args.augment_smallest))
-                counts = protocol.augmentation_counts(labels, classes, chosen, policy)
-            except ValueError as err:
-                raise experiment.BadInput(str(err)) from None
-            synthetic = protocol.fold_gans(split, utterances, bank, classes, counts,
-                                           gan_preset, gans, os.path.join(out, "gans",
-                                                                          fold.name),
-                                           seed=seeds.derive(args.seed, fold.name),
-                                           verbose=experiment.verbosity(args))
-            chosen_per_fold[fold.name] = list(counts)
+            chosen = (args.augment.split(",") if args.augment else
+                      protocol.minority_classes(labels, classes, args.augment_smallest))
+            synthetic = protocol.fold_gans(
+                split, utterances, bank, classes, protocol.augmentation_counts(
+                    labels, classes, chosen, policy), gan_preset, gans,
+                os.path.join(out, "gans", fold.name), seeds.derive(args.seed, fold.name),
+                experiment.verbosity(args))
         # 5. The transfer classifier on original or augmented training images.
-        result = protocol.train_classifier(
+        return protocol.train_classifier(
             row.removesuffix(protocol.AUGMENTED), split, utterances, bank, classes, path,
             config=model, epochs=settings.max_epochs, seed=seed,
             network_seed=seeds.derive(args.seed, "network"), weights=weights(args),
             synthetic=synthetic, cache=cache, row=row, verbose=experiment.verbosity(args))
-        if synthetic is not None:
-            result["gans"] = synthetic["gans"]
-        return result
 
     results = experiment.run_folds(out, rows, folds, args.seed, fold_run)
-    for r in results:  # folds finished by an earlier invocation
-        if "gans" in r:
-            chosen_per_fold.setdefault(r["fold"], list(r["gans"]))
-    # 6. Results: Figure 19's table, paired tests augmented vs original, recalls, export.
-    titles = protocol.TITLES
-    tests = {}
-    for n in names:
-        pair = [n, n + protocol.AUGMENTED]
-        for key in ("wa", "ua"):
-            found = experiment.paired_tests(results, pair, n, key)
-            tests.setdefault(key, {}).update(found)
-    sections = [experiment.paired_tests_markdown(tests[m.key], "the original row", m, titles)
-                for m in COLUMNS if m.key in tests and len(folds) > 1]
-    sections.append(recall_section(results, chosen_per_fold, classes))
+    # 6. Results: Figure 19's table, augmented vs original (paired), recalls, export.
+    tests, sections = protocol.augmentation_sections(results, names, classes, COLUMNS,
+                                                     len(folds) > 1)
     summary = experiment.write_results(
         out, title=f"GAN augmentation + ImageNet transfer (NITK report) on {corpus.name}",
         header=header(args, classes, scheme, folds, settings, gans, model), entries=results,
-        rows=rows, row_titles=titles, columns=COLUMNS, main=Metric("wa", "Test accuracy"),
+        rows=rows, row_titles=protocol.TITLES, columns=COLUMNS, main=COLUMNS[2],
         folds=results, smoke=corpus.smoke, started=started, row_header="Classifier",
         document={"classes": classes, "protocol": scheme, "label": args.label,
-                  "augmented_classes": chosen_per_fold, "paired_tests_vs_original": tests,
-                  "cache": None if cache is None else {"hits": cache.hits,
-                                                       "misses": cache.misses}},
+                  "paired_tests_vs_original": tests, "cache": None if cache is None else
+                  {"hits": cache.hits, "misses": cache.misses}},
         sections=sections)
     if not args.no_export:
-        export_best(out, summary, results, classes, corpus)
+        experiment.export_best(out, "transfer_gan_augment", summary, results,
+                               lambda r: protocol.front_end(), classes,
+                               {"recipe": "transfer_gan_augment", "corpus": corpus.name})
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

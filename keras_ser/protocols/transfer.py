@@ -243,6 +243,85 @@ class FeatureCache:
             io.atomic_write(path, lambda tmp: np.save(tmp, value), suffix=".npy")
 
 
+def random_folds(speakers, splits: int) -> list:
+    """``splits`` folds standing for the report's random splits (`Split.random` draws
+    each one's utterances from its name), named ``random-split-<k>``."""
+    from keras_ser.folds import Fold
+
+    return [Fold(f"random-split-{i + 1}", sorted(set(speakers)), [], [])
+            for i in range(splits)]
+
+
+def fold_split(fold, utterances: data.Utterances, seed: int) -> Split:
+    """The `Split` of a fold: a random split for `random_folds`' folds (seeded from
+    ``(seed, fold name)``), else its speakers' utterances."""
+    if fold.name.startswith("random-split-") and not fold.test:
+        return Split.random(utterances, seeds.derive(seed, fold.name), fold.name)
+    return Split.from_fold(fold, utterances)
+
+
+def parse_policy(text: str):
+    """An ``--augment-count`` text (``balance``, ``N`` or ``class=N,...``) as
+    `augmentation_counts` takes it.
+
+    Raises:
+        ValueError: Another text.
+    """
+    if text == "balance":
+        return text
+    try:
+        if "=" in text:
+            return {k.strip(): int(v) for k, v in (p.split("=") for p in text.split(","))}
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--augment-count {text!r}: use balance, N or class=N,...") from None
+
+
+def recall_markdown(results: Sequence[dict], classes: Sequence[str]) -> str:
+    """Markdown: test recall of each augmented class (the GANs of a ``+gan`` result),
+    original vs augmented row, mean over the folds (and runs) both rows have."""
+    lines = ["## Recall of the augmented classes (test, mean over folds)", "",
+             "| Classifier | Class | Original | Augmented | Folds |", "|---|---|---|---|---|"]
+    for name, spec in transfer.CLASSIFIERS.items():
+        original = {(r["fold"], r["repeat"]): r for r in results if r["row"] == name}
+        for c in classes:
+            pairs = [(original[s["fold"], s["repeat"]]["test"]["recall"].get(c),
+                      s["test"]["recall"].get(c)) for s in results
+                     if s["row"] == name + AUGMENTED and c in s.get("gans", {})
+                     and (s["fold"], s["repeat"]) in original]
+            pairs = [p for p in pairs if None not in p]
+            if pairs:
+                before, after = (100 * np.mean(v) for v in zip(*pairs))
+                lines.append(f"| {spec.title} | {c} | {before:.1f} | {after:.1f} | "
+                             f"{len(pairs)} |")
+    return "\n".join(lines)
+
+
+def augmentation_sections(results: Sequence[dict], names: Sequence[str],
+                          classes: Sequence[str], columns: Sequence, paired: bool) -> tuple:
+    """Each augmented row against its original row, over folds.
+
+    Args:
+        results: Fold results of every row.
+        names: The classifiers (rows ``name`` and ``name + AUGMENTED``).
+        classes: Class names.
+        columns: `keras_ser.experiment.Metric` columns; tests for those among WA and UA.
+        paired: Write the paired-test sections (False with a single fold).
+
+    Returns:
+        ``(tests, sections)``: ``{"wa" | "ua": {row: paired test}}``
+        (`keras_ser.experiment.paired_tests`, Wilcoxon over folds) and the Markdown
+        sections (the paired tests, then `recall_markdown`).
+    """
+    from keras_ser import experiment
+
+    tests = {key: {k: v for n in names for k, v in experiment.paired_tests(
+        results, [n, n + AUGMENTED], n, key).items()} for key in ("wa", "ua")}
+    sections = [experiment.paired_tests_markdown(tests[m.key], "the original row", m, TITLES)
+                for m in columns if m.key in tests and paired]
+    return tests, sections + [recall_markdown(results, classes)]
+
+
 def minority_classes(labels, classes: Sequence[str], count: int) -> list:
     """The ``count`` classes with the fewest examples in ``labels`` (ties: class order).
 
@@ -567,6 +646,8 @@ def train_classifier(name: str, split: Split, utterances: data.Utterances, bank:
         "validation": (metrics.classification_report(
             val_labels, _predict(forward, val_inputs), classes) if selecting else None),
         "test": metrics.classification_report(test_labels, scores.predicted, classes)}
+    if synthetic is not None and "gans" in synthetic:
+        result["gans"] = synthetic["gans"]
     result["test"]["train_accuracy"] = result["train"]
     result["test"]["validation_accuracy"] = (result["validation"]["wa"] if selecting
                                              else result["test"]["wa"])
