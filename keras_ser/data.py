@@ -152,8 +152,38 @@ def _normaliser(normalise: str | None, stats: dict | None):
         return lambda x: feats.zscore(x, stats["mean"], stats["std"])
     if normalise == "zscore_band":
         return lambda x: feats.zscore(x, stats["band_mean"], stats["band_std"])
-    raise ValueError(f"normalise must be None, 'minmax', 'zscore' or 'zscore_band', "
-                     f"got {normalise!r}")
+    if normalise == "zscore_speaker":
+        return speaker_zscore(stats["speakers"])
+    raise ValueError(f"normalise must be None, 'minmax', 'zscore', 'zscore_band' or "
+                     f"'zscore_speaker', got {normalise!r}")
+
+
+def speaker_zscore(statistics: dict):
+    """``scale(x, speaker)``: z-score each example with its speaker's mean and std.
+
+    Args:
+        statistics: ``{speaker: {"mean": float, "std": float}}`` (one value along time and
+            frequency, as Etienne et al. 2018, eq. 2, but per speaker).
+
+    Returns:
+        A function of ``(batch, frames, dim)`` features and ``(batch,)`` speaker strings;
+        a speaker missing from ``statistics`` fails the pipeline with its name.
+    """
+    names = sorted(statistics)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(names), tf.range(len(names), dtype=tf.int32)), default_value=-1)
+    means = tf.constant([float(statistics[n]["mean"]) for n in names], tf.float32)
+    stds = tf.constant([float(statistics[n]["std"]) for n in names], tf.float32)
+
+    def scale(x, speaker):
+        where = table.lookup(speaker)
+        with tf.control_dependencies([tf.debugging.assert_non_negative(where, message=(
+                "a record's speaker has no per-speaker statistics"))]):
+            where = tf.identity(where)
+        mean = tf.gather(means, where)[:, None, None]
+        std = tf.gather(stds, where)[:, None, None]
+        return (x - mean) / std
+    return scale
 
 
 def make_dataset(records, *, classes: Sequence[str] | None = None,
@@ -203,8 +233,10 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
             indices and records missing from the mapping are left out (an id that is
             not in the records raises).
         normalise: ``None``, ``"minmax"`` (to [-1, 1], Eskimez et al. 2020, Sec. 4.2),
-            ``"zscore"`` (one mean and deviation, Etienne et al. 2018, eq. 2) or
-            ``"zscore_band"`` (per band, our variant).
+            ``"zscore"`` (one mean and deviation, Etienne et al. 2018, eq. 2),
+            ``"zscore_band"`` (per band, our variant) or ``"zscore_speaker"`` (eq. 2's
+            z-score with each record's speaker's own mean and deviation, ``stats =
+            {"speakers": {speaker: {"mean", "std"}}}``; `speaker_zscore`).
         stats: Feature statistics (`keras_ser.features.load_feature_stats`); when
             ``None`` and ``normalise`` is set, read from the record folder's stats.json.
         batch_size: Examples per batch.
@@ -313,8 +345,10 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
                                   lambda epoch_seed, e: one_epoch(epoch_seed, e, False))
         count = per_epoch * max(0, stop - first)
 
+    by_speaker = normalise == "zscore_speaker"
     parse_spec = {k: spec[k] for k in ("pcm", "num_samples", "segment_start", "segment_end",
-                                       "utterance_id", *keep)}
+                                       "utterance_id", *keep, *(["speaker"] if by_speaker
+                                                               else []))}
     width = config.samples_for_frames(crop_frames) if crop_frames is not None else None
 
     def featurise(batch, batch_seed, epoch):
@@ -353,7 +387,9 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
         elif vtlp is not None:
             alpha = tf.constant(vtlp)
         x = feats.compute_features(waveform, config, alpha)
-        if scale is not None:
+        if by_speaker:
+            x = scale(x, ex["speaker"])
+        elif scale is not None:
             x = scale(x)
         out = {k: ex[k] for k in keep}
         out.update(features=x, label=batch["label"], length=frames,

@@ -4,7 +4,7 @@ A recipe (``recipes/*.py``) reads like its paper's method section because the pl
 lives here:
 
 - `parser`: the common options (``--corpus --data --unlabelled --classes --preset
-  --folds --models/--variants --seed --out --verbose --no-export``);
+  --folds --models/--variants --seed --seeds --baseline --out --verbose --no-export``);
 - `load_corpus`: the labelled corpus (converted on the fly, or the built-in smoke-test
   corpus when ``--data`` is absent) and unlabelled speech; bad input raises `BadInput`,
   which `recipe_main` turns into a one-line error and exit status 2;
@@ -15,8 +15,11 @@ lives here:
   is read back, the others (re)start and resume from their checkpoints. Keras' global
   seed is set from ``(seed, repeat, row, fold)`` before each, so a fold's initial
   weights do not depend on which folds ran before it in the same process;
+- `baseline_rows`: the eGeMAPS + linear SVM reference rows (`keras_ser.baselines`) on
+  the recipe's folds and utterances, as a `Reference` for `write_results`;
 - `write_results`: ``results.json`` (deterministic: no wall-clock times, which go to
-  ``timing.json``) and ``results.md`` with the paper's table (mean ± std over folds)
+  ``timing.json``) and ``results.md`` with the paper's table (mean ± std over folds, and
+  over seeds with ``--seeds``), the reference rows with a p-value column against them,
   and a per-fold table, parameterised by the metrics the paper reports;
 - `paired_tests`: each row against a reference row over folds (Wilcoxon signed-rank),
   with `paired_tests_markdown` for the results page;
@@ -93,6 +96,13 @@ def parser(doc: str, presets: Sequence[str], rows: tuple | None = None,
         p.add_argument(f"--{name}", default=default,
                        help=f"comma-separated subset of {','.join(choices)}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--repeats", dest="seeds", type=int, default=1,
+                   help="train every model N times per fold, with seeds derived from --seed "
+                        "(results: mean ± std over folds and over seeds)")
+    p.add_argument("--baseline", choices=("auto", "egemaps", "none"), default="auto",
+                   help="reference rows on the same folds: eGeMAPS functionals + linear SVM, "
+                        "global and per-speaker z-score (auto: on for a real corpus, off for "
+                        "the built-in smoke-test corpus)")
     p.add_argument("--out", default=None, help="run folder (default runs/<recipe>-<corpus>-"
                                                "<preset>)")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
@@ -280,6 +290,78 @@ def write_config(out: str, args, argv, corpus: Corpus, **config) -> dict:
     return document
 
 
+@dataclasses.dataclass
+class Reference:
+    """The baseline rows of a run, for `write_results`.
+
+    Attributes:
+        rows: `keras_ser.baselines.ROWS` (empty when the baseline is off).
+        results: Their fold results.
+        reference: The row the networks are tested against: the one normalised as the
+            networks' input is (global, or per-speaker with ``--speaker-norm``).
+    """
+
+    rows: list
+    results: list
+    reference: str | None
+
+
+def baseline_rows(args, corpus: Corpus, folds: Sequence, out: str, utterances=None, *,
+                  class_names: Sequence[str] | None = None, split: Callable | None = None,
+                  aliases: dict | None = None, speaker_norm: bool = False) -> Reference:
+    """The eGeMAPS + linear SVM reference rows (`keras_ser.baselines`) on the recipe's folds.
+
+    Run when ``--baseline egemaps``, or ``auto`` on a real corpus (not the smoke-test one).
+
+    Args:
+        args: Parsed options (``baseline``, ``seed``, ``seeds``).
+        corpus: The run's corpus (features cached in ``<records>/cache``).
+        folds: The recipe's folds.
+        out: Run folder.
+        utterances: `keras_ser.data.Utterances` with the recipe's labels (default: the
+            corpus's emotions of ``class_names``).
+        class_names: The recipe's classes.
+        split: ``split(fold) -> (train, validation, test)`` utterance indices, for a
+            protocol whose folds are not speaker lists (default: the fold's speakers).
+        aliases: Recipe metric keys filled from the baseline's reports
+            (`keras_ser.baselines.run`).
+
+        speaker_norm: The networks' input is z-scored per speaker (then the
+            per-speaker row is the reference).
+
+    Returns:
+        The `Reference` (no rows when the baseline is off).
+
+    Raises:
+        BadInput: ``opensmile`` is not installed.
+    """
+    from keras_ser import baselines
+    from keras_ser import data as kdata
+
+    if args.baseline == "none" or (args.baseline == "auto" and corpus.smoke):
+        return Reference([], [], None)
+    try:
+        import opensmile  # noqa: F401
+    except ImportError:
+        raise BadInput("--baseline egemaps needs the opensmile package (pip install "
+                       "opensmile), or pass --baseline none") from None
+    if utterances is None:
+        utterances = kdata.Utterances(corpus.records, classes=class_names)
+    print(f"baseline: eGeMAPSv02 functionals + linear SVM on {len(utterances)} utterances")
+    results = baselines.run(out, utterances, folds, class_names, split=split,
+                            aliases=aliases, seed=args.seed,
+                            cache=baselines.cache_path(corpus.records))
+    return Reference(list(baselines.ROWS), results,
+                     "egemaps_speaker" if speaker_norm else "egemaps_global")
+
+
+def network_rows(summary: dict) -> list:
+    """The rows of a summary that are trained models (not the baseline's)."""
+    from keras_ser import baselines
+
+    return [r for r in summary if r not in baselines.ROWS]
+
+
 def fold_folder(out: str, row: str | None, fold: str, repeat: int = 0) -> str:
     """``out/runs/[<row>/]<fold>``; repeats after the first add ``-run<k>`` (k from 2)."""
     path = os.path.join(out, "runs", *([row] if row else []), fold)
@@ -354,15 +436,29 @@ def _cell(entry: dict, metric: Metric) -> str:
     scale = 100.0 if metric.percent else 1.0
     digits = 1 if metric.percent else 3
     m, s = entry[metric.key]["mean"] * scale, entry[metric.key]["std"] * scale
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    seeds = entry[metric.key].get("std_seeds")
+    return f"{m:.{digits}f} ± {s:.{digits}f}" + (
+        f" (seeds ± {seeds * scale:.{digits}f})" if seeds is not None else "")
+
+
+def _group_means(entries: Sequence[dict], key: str, by: str) -> list:
+    """Mean of ``entry["test"][key]`` per value of ``entry[by]`` (fold or repeat)."""
+    groups = {}
+    for e in entries:
+        groups.setdefault(e.get(by, 0), []).append(float(e["test"][key]))
+    return [sum(v) / len(v) for v in groups.values()]
 
 
 def summarise(entries: Sequence[dict], rows: Sequence[str], keys: Sequence[str]) -> dict:
-    """Per row, every metric of ``keys`` over folds: ``{"folds", "mean", "std"}``
-    (population std over the folds with a finite value) and the fold names.
+    """Per row, every metric of ``keys`` over folds and seeds.
+
+    One run per fold: ``{"folds": values, "mean", "std"}`` (population std over the folds
+    with a finite value). Several runs (``repeat``) per fold: ``mean`` over every run,
+    ``std`` over the folds of each fold's mean over its runs, ``std_seeds`` over the
+    runs of each run's mean over the folds (``--seeds``).
 
     Args:
-        entries: ``{"row", "fold", "test": {key: value}}`` dicts.
+        entries: ``{"row", "fold", "test": {key: value}}`` dicts, with ``repeat``.
     """
     summary = {}
     for row in rows:
@@ -371,12 +467,18 @@ def summarise(entries: Sequence[dict], rows: Sequence[str], keys: Sequence[str])
             continue
         entry = {"folds": [e["fold"] for e in mine]}
         for key in keys:
-            values = [float(e["test"][key]) for e in mine
-                      if is_scalar(e["test"].get(key))]
-            finite = [v for v in values if math.isfinite(v)]
-            if finite:
-                mean, std = metrics.mean_std(finite)
-                entry[key] = {"folds": values, "mean": mean, "std": std}
+            kept = [e for e in mine if is_scalar(e["test"].get(key))
+                    and math.isfinite(float(e["test"][key]))]
+            values = [float(e["test"][key]) for e in mine if is_scalar(e["test"].get(key))]
+            if not kept:
+                continue
+            mean, std = metrics.mean_std([float(e["test"][key]) for e in kept])
+            entry[key] = {"folds": values, "mean": mean, "std": std}
+            runs = sorted({e.get("repeat", 0) for e in kept})
+            if len(runs) > 1:
+                entry[key]["std"] = metrics.mean_std(_group_means(kept, key, "fold"))[1]
+                entry[key]["std_seeds"] = metrics.mean_std(
+                    _group_means(kept, key, "repeat"))[1]
         summary[row] = entry
     return summary
 
@@ -443,7 +545,7 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
                   rows: Sequence[str], row_titles: dict, columns: Sequence[Metric],
                   main: Metric, folds: Sequence[dict], smoke: bool, started: float,
                   sections: Sequence[str] = (), document: dict | None = None,
-                  row_header: str = "Model") -> dict:
+                  row_header: str = "Model", baseline: Reference | None = None) -> dict:
     """Write ``results.json``, ``results.md`` and ``timing.json``; print the Markdown.
 
     Args:
@@ -460,22 +562,39 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
         sections: Further Markdown sections (e.g. Fréchet distances).
         document: Further ``results.json`` entries (hyper-parameters, classes).
         row_header: Title of the row column.
+        baseline: The reference rows (`baseline_rows`), put first; every other row is
+            tested against its ``reference`` row on ``main`` over folds (`paired_tests`,
+            Wilcoxon): a ``p`` column in the table and ``paired_tests_vs_reference`` in
+            ``results.json``.
 
     Returns:
         The summary (`summarise`).
     """
+    from keras_ser import baselines
     from tfrecords_tools import smoke as smoke_corpus
 
+    reference = None
+    if baseline is not None and baseline.rows:
+        entries, folds = [*baseline.results, *entries], [*baseline.results, *folds]
+        rows, reference = [*baseline.rows, *rows], baseline.reference
+        row_titles = {**baselines.TITLES, **row_titles}
     summary = summarise(entries, rows, [c.key for c in columns] + [main.key])
     used = [c for c in columns if any(c.key in e for e in summary.values())]
-    table = [f"| {row_header} | folds | " + " | ".join(c.title for c in used) + " |",
-             "|---|---|" + "---|" * len(used)]
+    if reference is not None and reference not in summary:
+        reference = None
+    tests = (paired_tests(entries, list(summary), reference, main.key)
+             if reference is not None else {})
+    p_title = ["p vs reference"] if tests else []
+    table = [f"| {row_header} | folds | " + " | ".join([c.title for c in used] + p_title)
+             + " |", "|---|---|" + "---|" * (len(used) + len(p_title))]
     for row, entry in summary.items():
         distinct = len(set(entry["folds"]))
         count = (f"{distinct} × {len(entry['folds']) // distinct} runs"
                  if len(entry["folds"]) > distinct else str(distinct))
+        p = ([] if not tests else ["–"] if row not in tests or math.isnan(
+            tests[row]["p_value"]) else [f"{tests[row]['p_value']:.3f}"])
         table.append(f"| {row_titles.get(row, row)} | {count} | "
-                     + " | ".join(_cell(entry, c) for c in used) + " |")
+                     + " | ".join([_cell(entry, c) for c in used] + p) + " |")
     present = [r for r in rows if r in summary]
     names = list(dict.fromkeys(e["fold"] for e in entries))
     per_fold = ["| Fold | " + " | ".join(row_titles.get(r, r) for r in present) + " |",
@@ -494,7 +613,13 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
         "\n".join(f"- {line}" for line in header) + f"\n- Wall time of this invocation: "
         f"{wall / 60:.1f} min (folds finished by an earlier invocation are not re-timed).",
         "## Test results (mean ± std over folds" + (
-            " and runs)" if any(e.get("repeat") for e in entries) else ")"), "\n".join(table),
+            "; seeds ± std over seeds of the mean over folds)" if any(
+                e.get("repeat") for e in entries) else ")"),
+        "\n".join(table) + (
+            f"\n\np vs reference: two-sided Wilcoxon signed-rank test (scipy) of the row's"
+            f" per-fold {main.title} (mean over seeds) against that of "
+            f"{row_titles.get(reference, reference)}, same folds."
+            if tests else ""),
         f"## {main.title} per fold" + (" (%)" if main.percent else "")
         + (" (mean over runs)" if any(e.get("repeat") for e in entries) else ""),
         "\n".join(per_fold),
@@ -502,6 +627,7 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
     clean = [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
     io.write_json(os.path.join(out, "results.json"), {
         "title": title, "rows": present, "metrics": [c.key for c in used], **(document or {}),
+        **({"reference": reference, "paired_tests_vs_reference": tests} if tests else {}),
         "summary": summary, "folds": clean})
     io.write_json(os.path.join(out, "timing.json"), {
         "wall_seconds": round(wall, 1),
@@ -533,7 +659,7 @@ def export_best(out: str, name: str, summary: dict, results: Sequence[dict], fro
     """
     import keras
 
-    best = max(summary, key=lambda r: summary[r][key]["mean"])
+    best = max(network_rows(summary), key=lambda r: summary[r][key]["mean"])
     run = max((r for r in results if r["row"] == best),
               key=lambda r: (r.get("validation") or r["test"])["wa"])
     model = keras.models.load_model(os.path.join(

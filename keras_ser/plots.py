@@ -419,3 +419,47 @@ class SpectrogramGridCallback(keras.callbacks.Callback):
             self._writer.flush()
         if self.png_dir is not None:
             save_png(grid, os.path.join(self.png_dir, f"{self.tag}_epoch{epoch + 1:03d}.png"))
+
+
+def budget_study_png(points, path, title: str | None = None) -> str:
+    """The SN-GAN budget study in one figure: TSTR, real + synthetic gain and Fréchet
+    distance against the WGAN-GP pre-training iterations (log scale).
+
+    Args:
+        points: Dicts with ``wgan_steps`` and, per quantity (``tstr``, ``gain_f1``,
+            ``fd``), ``{"mean", "std"}`` over folds (missing: not drawn).
+        path: Output PNG.
+        title: Figure title.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: No point.
+    """
+    if not points:
+        raise ValueError("budget_study_png: no point to draw")
+    points = sorted(points, key=lambda p: p["wgan_steps"])
+    steps = [p["wgan_steps"] for p in points]
+    panels = (("tstr", "TSTR (synthetic-only / real macro-F1)", 1.0),
+              ("gain_f1", "real + synthetic gain (macro-F1 points)", 100.0),
+              ("fd", "Fréchet distance to real patches", 1.0))
+    figure = Figure(figsize=(10.5, 3.4))
+    for k, (key, label, scale) in enumerate(panels):
+        axis = figure.add_subplot(1, 3, k + 1)
+        have = [(s, p[key]) for s, p in zip(steps, points) if p.get(key)]
+        if have:
+            axis.errorbar([s for s, _ in have], [scale * v["mean"] for _, v in have],
+                          yerr=[scale * v["std"] for _, v in have], marker="o", capsize=3)
+        if key == "gain_f1":
+            axis.axhline(0.0, color="grey", lw=0.8, ls="--")
+        axis.set_xscale("log")
+        axis.minorticks_off()
+        axis.set_xticks(steps)
+        axis.set_xticklabels([_format_count(s) for s in steps])
+        axis.set_xlabel("WGAN-GP iterations")
+        axis.set_title(label, fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save_figure(figure, path)

@@ -65,6 +65,9 @@ def parse_args(argv=None):
                           ("variants", tuple(protocol.VARIANTS), ",".join(protocol.TABLE_1)))
     p.add_argument("--conv-layers", type=int, default=None, help="1-6 (default 4)")
     p.add_argument("--lstm-layers", type=int, default=None, help="1-4 (default 1)")
+    p.add_argument("--speaker-norm", action="store_true",
+                   help="z-score each utterance with its own speaker's log-mel statistics "
+                        "(transductive; the export falls back to the training speakers')")
     Schedule.add_options(p, ("max_epochs", "patience", "batch_size"))
     return p.parse_args(argv)
 
@@ -88,7 +91,8 @@ def configure(args, corpus, classes, variants) -> tuple:
     try:
         model = crnn.get_config(args.preset, num_classes=len(classes), **overrides)
         train = protocol.TrainConfig(max_epochs=settings.max_epochs, patience=settings.patience,
-                                     batch_size=settings.batch_size, seed=args.seed)
+                                     batch_size=settings.batch_size, seed=args.seed,
+                                     speaker_norm=args.speaker_norm)
         rows = {v: protocol.variant_config(v, train, model, classes) for v in variants}
     except ValueError as err:
         raise experiment.BadInput(str(err)) from None
@@ -97,13 +101,18 @@ def configure(args, corpus, classes, variants) -> tuple:
 
 def export_best(out, summary, results, rows, classes, corpus):
     """Export the row with the best mean UA, from its best validation fold."""
-    best = max(summary, key=lambda r: summary[r]["ua"]["mean"])
+    best = max(experiment.network_rows(summary), key=lambda r: summary[r]["ua"]["mean"])
     fold = max((r for r in results if r["row"] == best), key=lambda r: r["validation"]["ua"])
     config = rows[best][0]
     model = keras.models.load_model(os.path.join(out, "runs", best, fold["fold"], "model.keras"))
     front = protocol.front_end(config, fold["normalisation"], vote=config.vtlp == "example")
     experiment.export(out, "crnn", model, front, classes, {
-        "recipe": "crnn_vtlp", "variant": best, "fold": fold["fold"], "corpus": corpus.name})
+        "recipe": "crnn_vtlp", "variant": best, "fold": fold["fold"], "corpus": corpus.name,
+        "normalisation": "speaker" if config.speaker_norm else "global",
+        **({"speaker_statistics": fold["speaker_statistics"], "served_statistics": (
+            "the training speakers' (fallback); for a known speaker re-export with "
+            "protocol.front_end(config, speaker_statistics[speaker])")}
+           if config.speaker_norm else {})})
 
 
 @experiment.recipe_main
@@ -144,8 +153,12 @@ def main(argv=None) -> int:
                                    verbose=experiment.verbosity(args))
 
     # 5. The ablation, row by row.
-    results = experiment.run_folds(out, variants, folds, args.seed, fold_run)
-    # 6. Results.
+    results = experiment.run_folds(out, variants, folds, args.seed, fold_run,
+                                   repeats=args.seeds)
+    reference = experiment.baseline_rows(args, corpus, folds, out, utterances,
+                                         class_names=classes, speaker_norm=args.speaker_norm)
+    # 6. Results; each ablation row against the first (the paper's gains: Table 1).
+    gains = experiment.paired_tests(results, variants, variants[0], "ua")
     summary = experiment.write_results(
         out, title=f"CNN + BiLSTM with VTLP (Etienne et al. 2018) on {corpus.name}", header=[
             f"Classes: {', '.join(classes)}" + (" (improvised dialogs only)" if iemocap else ""),
@@ -156,8 +169,11 @@ def main(argv=None) -> int:
             f"Chance UA {100 / len(classes):.1f}%."],
         entries=results, rows=variants, row_titles=protocol.VARIANT_TITLES, columns=COLUMNS,
         main=Metric("ua", "Test UA"), folds=results, smoke=corpus.smoke, started=started,
-        row_header="Variant",
-        document={"classes": classes, "protocol": scheme})
+        row_header="Variant", baseline=reference,
+        document={"classes": classes, "protocol": scheme, "paired_tests_vs_first": gains},
+        sections=[experiment.paired_tests_markdown(
+            gains, protocol.VARIANT_TITLES.get(variants[0], variants[0]), Metric("ua", "Test UA"),
+            protocol.VARIANT_TITLES)] if gains and len(folds) > 1 else [])
     if not args.no_export:
         export_best(out, summary, results, rows, classes, corpus)
     return 0

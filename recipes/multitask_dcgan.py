@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from keras_ser import data as kdata
 from keras_ser import experiment, plots, tuning
 from keras_ser.experiment import Metric, Schedule
 from keras_ser.models import dcgan
@@ -80,7 +81,8 @@ def targets_text(spec: TaskSpec, data: protocol.Corpus) -> str:
 
 def export_best(out, summary, results, spec, minmax, corpus):
     """Export the best model (mean primary UA) from its best validation fold."""
-    best = max(summary, key=lambda m: summary[m]["primary_ua"]["mean"])
+    best = max(experiment.network_rows(summary),
+               key=lambda m: summary[m]["primary_ua"]["mean"])
     fold = max((r for r in results if r["row"] == best),
                key=lambda r: r["validation"]["primary_ua"])
     config = dcgan.DCGANConfig(**fold["config"])
@@ -129,8 +131,17 @@ def main(argv=None) -> int:
                                        minmax=minmax(fold.name), max_epochs=settings.max_epochs,
                                        patience=settings.patience, seed=seed,
                                        unlabelled=corpus.unlabelled,
-                                       verbose=experiment.verbosity(args)))
-    # 6. Results.
+                                       verbose=experiment.verbosity(args)),
+                                   repeats=args.seeds)
+    # The reference rows (eGeMAPS + linear SVM) predict the primary task's classes.
+    reference = experiment.baseline_rows(
+        args, corpus, folds, out, data.utterances if primary == "emotion" else
+        kdata.Utterances(corpus.records, labels=data.level_labels(primary)),
+        class_names=spec.class_names, aliases={"primary_ua": "ua", **(
+            {"emotion_ua": "ua", "emotion_wa": "wa"} if primary == "emotion"
+            else {f"{primary}_ua5": "ua"})})
+    # 6. Results; every model against the first (the paper's claim: MultitaskDCGAN > BasicCNN).
+    gains = experiment.paired_tests(results, models, models[0], "primary_ua")
     summary = experiment.write_results(
         out, title=f"Multitask DCGAN (Chang & Scherer 2017) on {corpus.name}", header=[
             f"Protocol: {scheme}, {len(folds)} folds; early stopping after {settings.patience}"
@@ -140,9 +151,14 @@ def main(argv=None) -> int:
             f"Preset {args.preset}; search: {'random' if args.search else 'off'}."],
         entries=results, rows=models, row_titles=dcgan.MODEL_TITLES, columns=COLUMNS,
         main=Metric("primary_ua", "Primary-task UA"), folds=results, smoke=corpus.smoke,
-        started=started, document={"classes": spec.class_names, "spec": spec.to_dict(),
-                                   "configs": {m: c.to_dict() for m, c in configs.items()}})
-    best = max(summary, key=lambda m: summary[m]["primary_ua"]["mean"])
+        started=started, baseline=reference, document={
+            "classes": spec.class_names, "spec": spec.to_dict(), "paired_tests_vs_first": gains,
+            "configs": {m: c.to_dict() for m, c in configs.items()}},
+        sections=[experiment.paired_tests_markdown(
+            gains, dcgan.MODEL_TITLES[models[0]], Metric("primary_ua", "Primary-task UA"),
+            dcgan.MODEL_TITLES)] if gains and len(folds) > 1 else [])
+    best = max(experiment.network_rows(summary),
+               key=lambda m: summary[m]["primary_ua"]["mean"])
     key = "emotion_confusion" if primary == "emotion" else f"{primary}_confusion5"
     plots.confusion_matrix_png(
         np.sum([r["test"][key] for r in results if r["row"] == best], axis=0),

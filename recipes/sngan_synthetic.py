@@ -24,10 +24,11 @@ Method (the paper's Secs. 3-4; `main` follows it):
 5. Synthesis: K patches per emotion centralised and from the baseline, K / clients from
    each client's generator, as TFRecords.
 6. SER: the discriminator architecture with N_c outputs trained on real patches or on
-   one synthetic set (Sec. 4.3); the held-out files scored with a sliding window (hop 32
+   one synthetic set (Sec. 4.3), or on real patches plus one synthetic set (our addition); the held-out files scored with a sliding window (hop 32
    frames) averaging window probabilities, as the exported model does.
-7. Results: macro-F1 / UA / WA per training set (the paper's Table 2 reports F1), TSTR
-   and Fréchet distances (our additions), Figures 2 and 3 as PNGs, TensorBoard logs, and
+7. Results: macro-F1 / UA / WA per training set (the paper's Table 2 reports F1), TSTR,
+   real + synthetic against real alone (paired Wilcoxon over folds) and Fréchet
+   distances (our additions), the eGeMAPS + SVM reference rows, Figures 2 and 3 as PNGs, TensorBoard logs, and
    the real-data SER network exported as a SavedModel.
 
 Everything lands under ``--out``; re-running the same command resumes exactly.
@@ -50,7 +51,8 @@ from keras_ser.protocols import sngan as protocol
 
 IEMOCAP_CLASSES = ("anger", "happiness", "neutral", "sadness")
 COLUMNS = [Metric("macro_f1", "macro-F1"), Metric("ua", "UA"), Metric("wa", "WA"),
-           Metric("tstr", "TSTR (F1 ratio)", percent=False)]
+           Metric("tstr", "TSTR (F1 ratio)", percent=False),
+           Metric("gain_f1", "gain over real (macro-F1 points)")]
 FRECHET_ROWS = {"pretrained": "pre-trained generator (stage 2, no condition)",
                 "centralised": "centralised, after fine-tuning",
                 "per_client": "per-client, after fine-tuning", "baseline": "baseline",
@@ -66,7 +68,8 @@ def parse_args(argv=None):
                 "baseline_gan_steps", "per_class", "steps_per_epoch"):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
                        help=f"override the preset's {key}")
-    p.add_argument("--no-baseline", action="store_true", help="skip the baseline GAN")
+    p.add_argument("--no-baseline", action="store_true", help="skip the Chatziagapi et al. baseline GAN (the eGeMAPS "
+                   "reference rows are --baseline)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="train under mixed_bfloat16 (faster only on CPUs with AVX-512 BF16 "
                         "or GPUs; run benchmarks/gan_step.py to check)")
@@ -96,26 +99,35 @@ def pools(corpus, bank, features, splits) -> tuple:
     return pool, PatchBank.join([pool, bank.subset(trained)]).minmax()
 
 
-def report(out, corpus, results, splits, budgets, classes, args, started) -> None:
+def report(out, corpus, results, splits, budgets, classes, args, started,
+           reference) -> dict:
     """``results.json``/``results.md``: the paper's Table 2 (macro-F1, with UA, WA and
-    TSTR) per training set and the Fréchet distances."""
-    entries = [{"row": c, "fold": r["fold"], "test": r["scores"][c]}
+    TSTR) per training set with the eGeMAPS reference rows, real + synthetic against
+    real alone (paired over folds), and the Fréchet distances. Returns the summary."""
+    entries = [{"row": c, "fold": r["fold"], "test": r["scores"][c], "repeat": r["repeat"]}
                for r in results for c in protocol.CONDITIONS if c in r["scores"]]
+    f1 = Metric("macro_f1", "Test macro-F1")
+    gains = experiment.paired_tests(entries, [c for c in protocol.CONDITIONS if "+" in c],
+                                    "real", "macro_f1")
     frechet = experiment.summarise(
         [{"row": k, "fold": r["fold"], "test": {"fd": v}} for r in results
          for k, v in r["frechet"].items()], list(FRECHET_ROWS), ["fd"])
-    experiment.write_results(
+    return experiment.write_results(
         out, title=f"SN-GAN data generation (Eskimez et al. 2020) on {corpus.name}", header=[
             f"Held out per fold: {', '.join(f'{n}: {h}' for n, (_, h) in splits.items())}.",
             f"Budgets: {budgets.to_dict()}; preset {args.preset}.",
             "Scores over the held-out files (window hop 32 frames, mean probability); TSTR = "
             "synthetic-only macro-F1 / real macro-F1 (our addition; the paper reports F1).",
+            ("Real + synthetic (our addition): every SER batch half real, half synthetic "
+             "patches; gain = its macro-F1 minus the real-only row's, same fold."),
             f"Chance UA {100 / len(classes):.1f}%."],
         entries=entries, rows=protocol.CONDITIONS, row_titles=protocol.TITLES,
-        columns=COLUMNS, main=Metric("macro_f1", "Test macro-F1"), folds=results,
+        columns=COLUMNS, main=f1, folds=results, baseline=reference,
         smoke=corpus.smoke, started=started, row_header="Training data",
-        document={"classes": classes, "frechet": frechet},
-        sections=["## Fréchet distance to real training patches (our addition)\n\n| Patches |"
+        document={"classes": classes, "frechet": frechet, "paired_tests_vs_real": gains},
+        sections=[*([experiment.paired_tests_markdown(gains, "Real data", f1, protocol.TITLES)]
+                    if gains else []),
+                  "## Fréchet distance to real training patches (our addition)\n\n| Patches |"
                   " mean ± std over folds |\n|---|---|\n" + "\n".join(
                       f"| {FRECHET_ROWS[k]} | {v['fd']['mean']:.2f} ± {v['fd']['std']:.2f} |"
                       for k, v in frechet.items())])
@@ -161,9 +173,14 @@ def main(argv=None) -> int:
             ctx, fold.name, *splits[fold.name], bank, utterances, pretrained,
             protocol.client_groups(corpus.name, splits[fold.name][0], corpus.stats,
                                    args.clients), baseline=not args.no_baseline),
-        folder=lambda _, fold: os.path.join(out, "folds", fold.name))
-    # 7. Results.
-    report(out, corpus, results, splits, budgets, classes, args, started)
+        folder=lambda _, fold: os.path.join(out, "folds", fold.name), repeats=args.seeds)
+    # 7. Results, with the eGeMAPS reference on the same held-out files (C chosen by
+    # cross-validation over the training speakers: these folds have no validation speaker).
+    reference = experiment.baseline_rows(
+        args, corpus, folds, out, utterances, class_names=classes,
+        split=lambda fold: (utterances.indices(splits[fold.name][0]), [],
+                            utterances.indices(splits[fold.name][1])))
+    report(out, corpus, results, splits, budgets, classes, args, started, reference)
     if not args.no_export:
         first = results[0]["fold"]
         experiment.export(out, "sngan_ser", keras.models.load_model(os.path.join(

@@ -3,7 +3,7 @@
     python recipes/speaker_adversarial.py                      # built-in smoke-test corpus
     python recipes/speaker_adversarial.py --corpus emodb --data ../shared/data/emodb
     python recipes/speaker_adversarial.py --corpus iemocap --data IEMOCAP_full_release \\
-        --preset paper --repeats 5
+        --preset paper --seeds 5
 
 Method (the paper's Secs. 2-3; `main` follows it):
 
@@ -22,7 +22,7 @@ Method (the paper's Secs. 2-3; `main` follows it):
    eqs. 2-4). SGD, learning rate 1e-3, Nesterov momentum 0.9; every epoch runs and the
    best validation accuracy's epoch is kept (Sec. 3.2). λ, ε and α are not given:
    defaults are ours, ``--search N`` draws them by KerasTuner random search on the
-   first fold. ``--repeats N`` trains every row N times per fold (paper: 5).
+   first fold. ``--seeds N`` (alias ``--repeats``) trains every row N times per fold (paper: 5).
 6. Results. Validation and test accuracy (Table 2), UA, macro-F1 and the speaker-probe
    accuracy on the unseen speakers' embeddings, mean ± std over folds and repeats; each
    variant against SER_only with a paired Wilcoxon test over folds; a t-SNE per run
@@ -62,7 +62,6 @@ def parse_args(argv=None):
                           ("variants", protocol.STRATEGIES, ",".join(protocol.STRATEGIES)))
     p.add_argument("--swap", action="store_true",
                    help="IEMOCAP: also swap validation and test speaker (10 folds)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per row and fold (paper: 5)")
     p.add_argument("--search", type=int, default=0, metavar="TRIALS",
                    help="KerasTuner random search of λ (dat) and ε, α (cgt) on the first "
                         "fold with this many trials (0: the defaults)")
@@ -80,8 +79,8 @@ def configure(args, corpus, variants) -> tuple:
     """
     settings = SCHEDULES["smoke" if corpus.smoke else args.preset if args.preset in SCHEDULES
                          else "paper"].override(args)
-    if args.repeats < 1 or args.search < 0:
-        raise experiment.BadInput("--repeats must be >= 1 and --search >= 0")
+    if args.seeds < 1 or args.search < 0:
+        raise experiment.BadInput("--seeds must be >= 1 and --search >= 0")
     chosen = {k: v for k, v in (("grl_lambda", args.grl_lambda), ("cgt_epsilon",
               args.cgt_epsilon), ("cgt_alpha", args.cgt_alpha)) if v is not None}
     try:
@@ -98,7 +97,7 @@ def header(args, classes, iemocap, scheme, folds, settings, rows) -> list:
     """The bullet lines under the results title: data, protocol, budget, open values."""
     return [f"Classes: {', '.join(classes)}" + (" (improvised dialogs, excitement as "
                                                 "happiness)" if iemocap else ""),
-            (f"Protocol: {scheme}, {len(folds)} folds x {args.repeats} run(s); the "
+            (f"Protocol: {scheme}, {len(folds)} folds x {args.seeds} run(s); the "
              "validation speaker picks the epoch (best accuracy)."),
             f"Preset {args.preset}: {settings.max_epochs} epochs (paper 100), batch "
             f"{settings.batch_size}; SGD 1e-3, Nesterov 0.9; λ (DAT), ε / α (CGT): "
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
             args.search, seed=args.seed)
     experiment.write_config(out, args, argv, corpus, classes=classes, protocol=scheme,
                             folds=[f.name for f in folds], model_config=model,
-                            settings=settings, repeats=args.repeats, searched=searched,
+                            settings=settings, repeats=args.seeds, searched=searched,
                             variants={v: c.to_dict() for v, c in rows.items()})
 
     def fold_run(row, fold, path, seed):
@@ -151,7 +150,9 @@ def main(argv=None) -> int:
         return result
 
     results = experiment.run_folds(out, variants, folds, args.seed, fold_run,
-                                   repeats=args.repeats)
+                                   repeats=args.seeds)
+    reference = experiment.baseline_rows(args, corpus, folds, out, utterances,
+                                         class_names=classes, aliases={"validation_wa": "wa"})
     # 6. Results: the paper's table, the paired tests against SER_only, the export.
     tests = {key: experiment.paired_tests(results, variants, "ser_only", key)
              for key in ("wa", "ua", "speaker_probe")} if "ser_only" in variants else {}
@@ -160,8 +161,8 @@ def main(argv=None) -> int:
         header=header(args, classes, iemocap, scheme, folds, settings, rows),
         entries=results, rows=variants, row_titles=protocol.TITLES, columns=COLUMNS,
         main=Metric("wa", "Test accuracy"), folds=results, smoke=corpus.smoke,
-        started=started, row_header="Variant", document={
-            "classes": classes, "protocol": scheme, "repeats": args.repeats,
+        started=started, row_header="Variant", baseline=reference, document={
+            "classes": classes, "protocol": scheme, "repeats": args.seeds,
             "paired_tests_vs_ser_only": tests},
         sections=[experiment.paired_tests_markdown(tests[m.key], "SER_only", m, protocol.TITLES)
                   for m in COLUMNS if m.key in tests])

@@ -86,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--gan-preset", choices=sorted(nitk_gan.NITK_GAN_PRESETS), default=None,
                    help="GAN widths (default: --preset)")
     p.add_argument("--gan-steps", type=int, default=None, help="GAN updates per class")
+    p.add_argument("--training-sets", choices=("both", "original", "augmented"),
+                   default="both", help="rows trained on the original images, on the "
+                   "GAN-augmented ones, or both (Figure 19)")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the frozen layers every step (same results, slower)")
     Schedule.add_options(p, ("max_epochs", "batch_size"))
@@ -152,7 +155,9 @@ def main(argv=None) -> int:
     """Run the recipe; returns the exit status (0; 2 for bad options or data)."""
     args, started = parse_args(argv), time.time()
     names = experiment.rows_of(args.classifiers, transfer.CLASSIFIERS, "classifiers")
-    rows = names + [n + protocol.AUGMENTED for n in names]
+    rows = ((names if args.training_sets != "augmented" else [])
+            + ([n + protocol.AUGMENTED for n in names] if args.training_sets != "original"
+               else []))
     out = experiment.out_dir(args, "transfer_gan_augment")
     # 1. Data and labels.
     corpus = experiment.load_corpus(args, out)
@@ -191,15 +196,20 @@ def main(argv=None) -> int:
             network_seed=seeds.derive(args.seed, "network"), weights=weights(args),
             synthetic=synthetic, cache=cache, row=row, verbose=experiment.verbosity(args))
 
-    results = experiment.run_folds(out, rows, folds, args.seed, fold_run)
+    results = experiment.run_folds(out, rows, folds, args.seed, fold_run, repeats=args.seeds)
+    reference = experiment.baseline_rows(
+        args, corpus, folds, out, utterances, class_names=classes,
+        aliases={"validation_accuracy": "wa"},
+        split=lambda fold: protocol.fold_split(fold, utterances, args.seed).indices())
     # 6. Results: Figure 19's table, augmented vs original (paired), recalls, export.
-    tests, sections = protocol.augmentation_sections(results, names, classes, COLUMNS,
-                                                     len(folds) > 1)
+    tests, sections = protocol.augmentation_sections(
+        results, names, classes, COLUMNS, len(folds) > 1 and args.training_sets == "both")
     summary = experiment.write_results(
         out, title=f"GAN augmentation + ImageNet transfer (NITK report) on {corpus.name}",
         header=header(args, classes, scheme, folds, settings, gans, model), entries=results,
         rows=rows, row_titles=protocol.TITLES, columns=COLUMNS, main=COLUMNS[2],
         folds=results, smoke=corpus.smoke, started=started, row_header="Classifier",
+        baseline=reference,
         document={"classes": classes, "protocol": scheme, "label": args.label,
                   "paired_tests_vs_original": tests, "cache": None if cache is None else
                   {"hits": cache.hits, "misses": cache.misses}},

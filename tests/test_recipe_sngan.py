@@ -6,6 +6,7 @@ deterministic; compared to 1e-6). They only say the pipeline is unchanged.
 
 import json
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,8 +15,8 @@ from helpers import assert_export_matches_reported, load_recipe
 
 from keras_ser import data, folds
 from keras_ser.features import get_preset
-from keras_ser.patches import PatchBank
 from keras_ser.models import sngan
+from keras_ser.patches import PatchBank
 from keras_ser.protocols import sngan as protocol
 from keras_ser.training import resumable
 from tfrecords_tools import patch_records
@@ -52,7 +53,8 @@ def test_smoke_run_writes_table_synthetic_sets_figures_and_generators(smoke_run)
     (fold,) = results["folds"]
     assert fold["fold"] == "test-f01" and fold["test_speakers"] == ["f01"]
     assert "f01" not in fold["train_speakers"] and "f03" in fold["train_speakers"]
-    assert results["rows"] == ["real", "baseline", "centralised", "per_client"]
+    assert results["rows"] == ["real", "baseline", "centralised", "per_client",
+                               "real+baseline", "real+centralised", "real+per_client"]
     scores = fold["scores"]
     for cond, s in scores.items():
         assert s["n"] == 40 and np.sum(s["confusion"]) == 40
@@ -60,6 +62,12 @@ def test_smoke_run_writes_table_synthetic_sets_figures_and_generators(smoke_run)
     assert scores["real"]["tstr"] is None
     assert scores["baseline"]["tstr"] == pytest.approx(
         scores["baseline"]["macro_f1"] / scores["real"]["macro_f1"])
+    for cond in ("real+baseline", "real+centralised", "real+per_client"):
+        assert scores[cond]["tstr"] is None
+        assert scores[cond]["gain_f1"] == pytest.approx(
+            scores[cond]["macro_f1"] - scores["real"]["macro_f1"])
+        assert results["paired_tests_vs_real"][cond]["folds"] == 1
+    assert scores["real"]["gain_f1"] is None
     assert set(fold["frechet"]) == {"pretrained", "centralised", "per_client", "baseline",
                                     "real_test"}
     assert fold["frechet"]["real_test"] < fold["frechet"]["pretrained"]
@@ -88,7 +96,7 @@ def test_smoke_run_writes_table_synthetic_sets_figures_and_generators(smoke_run)
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(os.path.join(out, "pretrain", "stage2", "grids"))
     assert os.listdir(os.path.join(out, "logs", "pretrain", "stage2"))
-    md = open(os.path.join(out, "results.md"), encoding="utf-8").read()
+    md = Path(os.path.join(out, "results.md")).read_text(encoding="utf-8")
     assert "SMOKE-TEST CORPUS" in md and "TSTR" in md and "Fréchet" in md
     g = keras.models.load_model(os.path.join(fdir, "centralised", "generator.keras"))
     patch = np.asarray(g([np.zeros((2, 64), np.float32), np.eye(4, dtype=np.float32)[:2]]))
@@ -100,7 +108,8 @@ def test_smoke_run_writes_table_synthetic_sets_figures_and_generators(smoke_run)
 
 
 #: Macro-F1 per training set of the TINY run (seed 0).
-PINNED_F1 = {"real": 0.1, "baseline": 0.1, "centralised": 0.1, "per_client": 0.1}
+PINNED_F1 = {"real": 0.1, "baseline": 0.1, "centralised": 0.1, "per_client": 0.1,
+             "real+baseline": 0.1, "real+centralised": 0.1, "real+per_client": 0.1}
 
 
 @pytest.mark.slow
@@ -173,3 +182,53 @@ def test_paper_budgets_and_optimisers_follow_the_paper():
     ser_net = ser.build_ser_network(sngan.get_sngan_preset("cpu", n_classes=4))
     for opt in (ae, ser_net.optimizer):
         assert (opt.beta_1, opt.beta_2) == (0.5, 0.99)
+
+
+def test_real_plus_synthetic_batches_are_half_real_half_synthetic():
+    import tensorflow as tf
+
+    from keras_ser.protocols import sngan as protocol
+
+    real = tf.data.Dataset.from_tensor_slices({
+        "features": np.zeros((6, 2, 4, 3), np.float32),
+        "label": np.array([[0, 1], [1, 1], [2, 0], [0, 0], [3, 3], [1, 2]], np.int32)})
+    synthetic = tf.data.Dataset.from_tensor_slices({
+        "features": np.ones((6, 2, 4, 3), np.float32),
+        "label": np.array([[3, 3]] * 6, np.int64)})
+    batches = list(protocol.mixed_batches(real, synthetic))
+    assert len(batches) == 6
+    for k, b in enumerate(batches):
+        assert b["features"].shape == (4, 4, 3) and b["label"].dtype == tf.int32
+        assert b["features"].numpy()[:2].max() == 0 and b["features"].numpy()[2:].min() == 1
+        assert b["label"].numpy().tolist()[2:] == [3, 3]
+
+
+@pytest.mark.slow
+def test_budget_study_runs_each_point_and_writes_table_plot_and_times(tmp_path):
+    study = load_recipe("sngan_budget_study")
+    out = str(tmp_path / "study")
+    argv = ["--scales", "0.5,1", "--out", out, "--folds", "1", "--ser-steps", "6",
+            "--per-class", "4", "--steps-per-epoch", "3", "--verbose", "0"]
+    assert study.main(argv) == 0
+    doc = _results_file(os.path.join(out, "budget_study.json"))
+    steps = [(p["ae_steps"], p["wgan_steps"], p["ft_steps"]) for p in doc["points"]]
+    assert steps == [(20, 20, 15), (40, 40, 30)]  # the smoke budgets x 0.5 and x 1
+    for p in doc["points"]:
+        run = _results(os.path.join(out, f"x{p['scale']:g}"))
+        scores = run["folds"][0]["scores"]
+        assert p["gain_f1"]["folds"] == [scores["real+centralised"]["gain_f1"]]
+        assert p["tstr"]["folds"] == [scores["centralised"]["tstr"]]
+        assert p["fd"]["folds"] == [run["folds"][0]["frechet"]["centralised"]]
+        assert p["seconds"] > 0
+        assert run["rows"][:4] == ["real", "centralised", "per_client", "real+centralised"]
+    with open(os.path.join(out, "budget_study.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    md = Path(os.path.join(out, "budget_study.md")).read_text(encoding="utf-8")
+    assert "| 20 / 20 / 15 |" in md and "| 40 / 40 / 30 |" in md and " min |" in md
+    assert study.main(argv) == 0  # a re-run reads every point back
+    assert _results_file(os.path.join(out, "budget_study.json")) == doc
+
+
+def _results_file(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -6,6 +6,7 @@ deterministic; compared to 1e-6). They only say the pipeline is unchanged.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def smoke_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("nitk") / "run")
     recipe = load_recipe("transfer_gan_augment")
     assert recipe.main(TINY + ["--out", out]) == 0
-    return recipe, out
+    yield recipe, out
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)  # ~0.8 GB of models
 
 
 #: Test accuracy per (row, fold) of the TINY run (seed 0).

@@ -58,6 +58,10 @@ class TrainConfig:
         conv_momentum, recurrent_momentum: gamma per group with ``layerwise``.
         conv_beta, recurrent_beta: beta of eq. 6 per group with ``layerwise``.
         seed: Seed of shuffling, crops and warp factors.
+        speaker_norm: Z-score each utterance's log-mels with its speaker's own mean and
+            deviation (eq. 2 per speaker, over all of the speaker's utterances, the test
+            speaker's too, without labels; transductive, our addition, issue 14) instead
+            of the training speakers' (the paper's eq. 2).
     """
 
     features: str = "etienne"
@@ -76,6 +80,7 @@ class TrainConfig:
     conv_beta: float = 1.0
     recurrent_beta: float = 0.5
     seed: int = 0
+    speaker_norm: bool = False
 
     def __post_init__(self):
         if self.vtlp not in VTLP_STRATEGIES:
@@ -161,6 +166,20 @@ def fold_statistics(records, speakers, classes, features: str, labels=None) -> d
     return {"mean": float(stats["mean"]), "std": float(stats["std"])}
 
 
+def speaker_statistics(records, speakers, features: str) -> dict:
+    """`fold_statistics` of each speaker alone, over all of its utterances (no label or
+    class used): ``{speaker: {"mean", "std"}}``, for ``speaker_norm``."""
+    return {s: fold_statistics(records, [s], None, features) for s in sorted(speakers)}
+
+
+def _one_speaker(fold, part: str) -> str:
+    speakers = sorted(fold.part(part))
+    if len(speakers) != 1:
+        raise ValueError(f"speaker_norm scores one {part} speaker per fold; fold "
+                         f"{fold.name} has {speakers}")
+    return speakers[0]
+
+
 def build_model(model_config: crnn.CRNNConfig, config: TrainConfig) -> crnn.CRNN:
     """A compiled `CRNN`: SGD with momentum, or the layer-wise SGD of eq. 6.
 
@@ -227,7 +246,9 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
         ``best_epoch``, ``validation`` and ``test`` scores (`keras_ser.metrics.
         classification_report`; with ``vtlp="example"`` the test is the 11-copy vote and
         ``test_single`` the unwarped copy alone; ``test["single_ua"]`` is that copy's UA
-        in every row) and ``normalisation``.
+        in every row), ``normalisation`` (the training speakers' statistics, which the
+        served model uses) and ``speaker_statistics`` (each fold speaker's own with
+        ``speaker_norm``, else None).
 
     Raises:
         ValueError: A split without utterances, mismatched sizes, or a checkpoint of
@@ -243,7 +264,13 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
                              f"for speakers {sorted(fold.part(part))} in {records}")
     stats = stats or fold_statistics(records, fold.train, classes, config.features, labels)
     model = build_model(model_config, config)
-    plain = Scorer(model, front_end(config, stats))
+    # Which statistics normalise each part: the training speakers' (eq. 2), or with
+    # speaker_norm each speaker's own (the served model then falls back to the global).
+    own = (speaker_statistics(records, fold.speakers(), config.features)
+           if config.speaker_norm else None)
+    part_stats = ({p: own[_one_speaker(fold, p)] for p in ("validation", "test")}
+                  if own else {"validation": stats, "test": stats})
+    plain = Scorer(model, front_end(config, part_stats["validation"]))
     val_alphas = None
     if config.vtlp == "example":
         val_alphas = augment.random_alpha(np.array([config.seed, 1], np.int32),
@@ -262,7 +289,9 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
         span = (first, config.max_epochs)
         ds = data.make_dataset(
             records, classes=classes, labels=labels, speakers=fold.train,
-            features=config.features, normalise="zscore", stats=stats,
+            features=config.features,
+            normalise="zscore_speaker" if own else "zscore",
+            stats={"speakers": own} if own else stats,
             vtlp=None if config.vtlp == "none" else config.vtlp, shuffle=True,
             seed=config.seed, oversample={c: 2 for c in config.oversample} or None,
             batch_size=config.batch_size, cache=True, epochs=span)
@@ -277,6 +306,8 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
                           log_dir=os.path.join(out_dir, "logs"))
     test_waves = utterances.select(index["test"])
     test_labels = utterances.labels[index["test"]]
+    validation_report = _report(plain(val_units), val_labels, classes)
+    plain = Scorer(model, front_end(config, part_stats["test"]))
     single = plain.score(test_waves)
     result = {
         "row": row, "fold": fold.name, "train_speakers": sorted(fold.train),
@@ -284,13 +315,14 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
         "classes": list(classes), "config": config.to_dict(),
         "model_config": model_config.to_dict(), "epochs": int(state["epochs_done"]),
         "best_epoch": int(state["early_stopping"]["best_epoch"]) + 1,
-        "validation": _report(plain(val_units), val_labels, classes),
-        "normalisation": stats}
+        "validation": validation_report, "normalisation": stats,
+        "speaker_statistics": own}
     arrays = {"utterance_id": np.array([utterances.ids[i] for i in index["test"]]),
               "probabilities": single.probabilities}
     single_report = _report(single, test_labels, classes)
     if config.vtlp == "example":
-        voted = Scorer(model, front_end(config, stats, vote=True)).score(test_waves)
+        voted = Scorer(model, front_end(config, part_stats["test"], vote=True)).score(
+            test_waves)
         result["test"] = {**_report(voted, test_labels, classes), "copies": 11}
         result["test_single"] = single_report
         arrays.update(probabilities=voted.probabilities, votes=voted.votes)

@@ -40,11 +40,17 @@ from keras_ser.training import bagan as bagan_training
 from keras_ser.training.resumable import fit_resumable
 from tfrecords_tools import patch_records
 
-#: Training sets of the SER network, in the order of the paper's Table 2.
-CONDITIONS = ("real", "baseline", "centralised", "per_client")
+#: Training sets of the SER network: the paper's Table 2 (real, or one synthetic set
+#: alone), then each synthetic set added to the real patches as data augmentation
+#: (``real+<set>``: every batch half real, half synthetic; our addition, issue 14).
+SYNTHETIC = ("baseline", "centralised", "per_client")
+CONDITIONS = ("real", *SYNTHETIC, *(f"real+{c}" for c in SYNTHETIC))
 TITLES = {"real": "Real data", "baseline": "Synthetic, baseline (Chatziagapi et al. 2019)",
           "centralised": "Synthetic, centralised SN-GAN",
-          "per_client": "Synthetic, per-client SN-GANs"}
+          "per_client": "Synthetic, per-client SN-GANs",
+          "real+baseline": "Real + synthetic, baseline",
+          "real+centralised": "Real + synthetic, centralised SN-GAN",
+          "real+per_client": "Real + synthetic, per-client SN-GANs"}
 #: Patches per set for the Fréchet distances (our choice).
 FD_SAMPLES = 1000
 #: Real patches the baseline fits its class normals on (our choice).
@@ -330,6 +336,27 @@ def train_ser(ctx: Context, data, folder: str, stage: str):
     return model
 
 
+def mixed_batches(real, synthetic):
+    """Batches half real, half synthetic: the two streams zipped and concatenated.
+
+    Args:
+        real, synthetic: Datasets of ``{"features": (b, frames, mels), "label": (b,)}``
+            (each with half the batch size).
+
+    Returns:
+        A dataset of ``{"features": (2b, frames, mels), "label": (2b,)}`` (labels int32).
+    """
+    import tensorflow as tf
+
+    def join(a, b):
+        return {"features": tf.concat([tf.cast(a["features"], tf.float32),
+                                       tf.cast(b["features"], tf.float32)], 0),
+                "label": tf.concat([tf.cast(a["label"], tf.int32),
+                                    tf.cast(b["label"], tf.int32)], 0)}
+
+    return tf.data.Dataset.zip((real, synthetic)).map(join)
+
+
 def _write_set(ctx, folder, sampler, per_class, seed, source, metadata):
     c = ctx.config
     return patch_records.write_synthetic_records(
@@ -402,6 +429,15 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
             def data(span, spe, s=stage_seed):
                 return train.dataset(c.batch_size, c.frames, ctx.minmax, seed=s, epochs=span,
                                      steps=spe)
+        elif cond.startswith("real+") and cond[5:] in sets:
+            half = c.batch_size // 2
+
+            def data(span, spe, s=stage_seed, folders=sets[cond[5:]], half=half):
+                return mixed_batches(
+                    train.dataset(half, c.frames, ctx.minmax, seed=s, epochs=span, steps=spe),
+                    kdata.synthetic_dataset(folders, batch_size=c.batch_size - half,
+                                            seed=seeds.derive(s, "synthetic"),
+                                            drop_remainder=True, epochs=span, steps=spe))
         elif cond in sets:
             def data(span, spe, s=stage_seed, folders=sets[cond]):
                 return kdata.synthetic_dataset(folders, batch_size=c.batch_size, seed=s,
@@ -422,7 +458,8 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
         print(f"   macro-F1 {scores[cond]['macro_f1']:.3f}  UA {scores[cond]['ua']:.3f}")
     real_f1 = scores["real"]["macro_f1"]
     for cond, s in scores.items():
-        s["tstr"] = s["macro_f1"] / real_f1 if cond != "real" and real_f1 > 0 else None
+        s["tstr"] = (s["macro_f1"] / real_f1 if cond in SYNTHETIC and real_f1 > 0 else None)
+        s["gain_f1"] = (s["macro_f1"] - real_f1 if cond.startswith("real+") else None)
     io.save_npz(os.path.join(ctx.out, fdir, "predictions.npz"),
                 utterance_id=np.array([utterances.ids[i] for i in held]), **probabilities)
 

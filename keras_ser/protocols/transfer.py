@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
 import weakref
 from collections.abc import Sequence
 
@@ -116,6 +117,10 @@ class Split:
     test: np.ndarray
     protocol: str
     speakers: dict
+
+    def indices(self) -> tuple:
+        """``(train, validation, test)`` utterance indices (the baseline's split)."""
+        return self.train, self.validation, self.test
 
     @classmethod
     def from_fold(cls, fold, utterances: data.Utterances) -> Split:
@@ -558,8 +563,9 @@ def train_classifier(name: str, split: Split, utterances: data.Utterances, bank:
         split: The fold.
         utterances, bank: The corpus and its images.
         classes: Class names.
-        out_dir: Run folder: ``ckpt/``, ``logs/``, ``model.keras`` (the waveform-free
-            image classifier), ``predictions.npz``.
+        out_dir: Run folder: ``ckpt/`` (while training; removed once the fold is
+            scored), ``logs/``, ``model.keras`` (the waveform-free image classifier),
+            ``predictions.npz``.
         config: `keras_ser.models.transfer.TransferConfig` or preset name.
         epochs: Epoch budget.
         seed: Seed of the head's weights and the batches.
@@ -657,4 +663,8 @@ def train_classifier(name: str, split: Split, utterances: data.Utterances, bank:
                 utterance_id=np.array([utterances.ids[i] for i in split.test]),
                 probabilities=scores.probabilities)
     io.save_model(net.classifier, os.path.join(out_dir, "model.keras"))
+    # The fold is scored and its model saved: its epoch checkpoints (the whole trainable
+    # part, 37 MB for vgg16_half) are no longer needed (our choice; a run killed before
+    # its result.json is written retrains this fold, with the same result).
+    shutil.rmtree(os.path.join(out_dir, "ckpt"), ignore_errors=True)
     return result
