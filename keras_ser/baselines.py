@@ -11,8 +11,10 @@ speech shows it, computed on the recipe's own folds and utterances.
   waveform the records hold; cached per record folder (`cached_egemaps`).
 - Normalisation, both reported: ``global`` z-scoring with the training utterances'
   mean and standard deviation, and ``speaker`` z-scoring, each speaker's features
-  standardised with that speaker's own statistics over all of its utterances (the test
-  speaker's too, without labels: transductive, the usual practice on EmoDB).
+  standardised with that speaker's own statistics over all of its utterances in the
+  run (the test speaker's too, without their labels: transductive, the usual practice
+  on EmoDB; on a corpus where the run keeps only some classes, "all" means the kept
+  utterances).
 - Classifier: ``sklearn.svm.SVC(kernel="linear", class_weight="balanced")`` (libsvm, one
   vs one, deterministic); C from `C_GRID` with the best unweighted average recall (UA)
   on the validation speakers, or, for a fold without validation speakers, by 3-fold
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -85,7 +88,6 @@ def egemaps(waveforms: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE,
         ValueError: A waveform is not 1-D or empty (openSMILE would return NaNs).
     """
     import subprocess
-    import sys
     import tempfile
 
     signals = []
@@ -172,9 +174,12 @@ def cached_egemaps(utterances, path: str | None, progress: bool = True) -> np.nd
             known[(utterances.ids[k], digests[k])] = row
         if path:
             keys = sorted(known)
-            io.save_npz(path, ids=np.array([k[0] for k in keys]),
-                        digests=np.array([k[1] for k in keys]),
-                        features=np.stack([known[k] for k in keys]))
+            try:
+                io.save_npz(path, ids=np.array([k[0] for k in keys]),
+                            digests=np.array([k[1] for k in keys]),
+                            features=np.stack([known[k] for k in keys]))
+            except OSError as err:  # a read-only record folder: compute, do not cache
+                print(f"warning: eGeMAPS cache {path} not written ({err})", file=sys.stderr)
     return np.stack([known[key] for key in zip(utterances.ids, digests)])
 
 
@@ -378,6 +383,4 @@ def run(out: str, utterances, folds: Sequence, class_names: Sequence[str], *,
 
 
 if __name__ == "__main__":
-    import sys
-
     _worker(sys.argv[1], sys.argv[2], progress="--quiet" not in sys.argv[3:])

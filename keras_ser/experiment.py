@@ -311,7 +311,8 @@ def baseline_rows(args, corpus: Corpus, folds: Sequence, out: str, utterances=No
                   aliases: dict | None = None, speaker_norm: bool = False) -> Reference:
     """The eGeMAPS + linear SVM reference rows (`keras_ser.baselines`) on the recipe's folds.
 
-    Run when ``--baseline egemaps``, or ``auto`` on a real corpus (not the smoke-test one).
+    Run when ``--baseline egemaps``, or ``auto`` on a real corpus (not the smoke-test
+    one, built in or passed as ``--corpus smoke --data``).
 
     Args:
         args: Parsed options (``baseline``, ``seed``, ``seeds``).
@@ -338,7 +339,8 @@ def baseline_rows(args, corpus: Corpus, folds: Sequence, out: str, utterances=No
     from keras_ser import baselines
     from keras_ser import data as kdata
 
-    if args.baseline == "none" or (args.baseline == "auto" and corpus.smoke):
+    if args.baseline == "none" or (args.baseline == "auto" and (
+            corpus.smoke or corpus.name == "smoke")):
         return Reference([], [], None)
     try:
         import opensmile  # noqa: F401

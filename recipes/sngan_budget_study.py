@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         raise experiment.BadInput(f"--scales must be numbers, got {args.scales!r}") from None
     if not scales or min(scales) <= 0:
         raise experiment.BadInput("--scales needs positive factors")
-    base = protocol.BUDGETS[args.preset if "--data" in rest else "smoke"]
+    base = protocol.BUDGETS[args.preset if any(a.split("=")[0] == "--data" for a in rest)
+                            else "smoke"]
     recipe, points = sngan_recipe(), []
     os.makedirs(args.out, exist_ok=True)
     for scale in scales:

@@ -230,19 +230,20 @@ def test_per_speaker_log_mel_normalisation_in_the_pipeline_matches_numpy(tmp_pat
 
 @pytest.mark.slow
 def test_recipe_gets_reference_rows_on_its_own_folds_and_utterances(tmp_path):
-    """``--baseline egemaps`` on a recipe: the two rows first, on the very test utterances
-    the networks were scored on, the p column against the global row, and the export
-    taken from a network row."""
+    """``--baseline egemaps --speaker-norm`` on a recipe: the two rows first, on the very
+    test utterances the networks were scored on, the p column against the per-speaker
+    row (the networks' normalisation), and the export taken from a network row, with the
+    speakers' statistics in its metadata and the training speakers' in its front end."""
     pytest.importorskip("opensmile")
     from helpers import load_recipe
 
     out = str(tmp_path / "crnn")
     recipe = load_recipe("crnn_vtlp")
-    assert recipe.main(["--baseline", "egemaps", "--variants", "conv_bn", "--max-epochs", "1",
-                        "--verbose", "0", "--out", out]) == 0
+    assert recipe.main(["--baseline", "egemaps", "--speaker-norm", "--variants", "conv_bn",
+                        "--max-epochs", "1", "--verbose", "0", "--out", out]) == 0
     doc = json.loads(Path(os.path.join(out, "results.json")).read_text(encoding="utf-8"))
     assert doc["rows"] == ["egemaps_global", "egemaps_speaker", "conv_bn"]
-    assert doc["reference"] == "egemaps_global"
+    assert doc["reference"] == "egemaps_speaker"
     for fold in ("test-f01", "test-f03"):
         with np.load(os.path.join(out, "runs", "conv_bn", fold, "predictions.npz")) as z:
             network_ids = sorted(z["utterance_id"].tolist())
@@ -255,5 +256,11 @@ def test_recipe_gets_reference_rows_on_its_own_folds_and_utterances(tmp_path):
     assert baselines.TITLES["egemaps_speaker"] in table and "p vs reference" in table
     meta = json.loads(Path(out, "export", "crnn", "1", "keras_ser.json").read_text(
         encoding="utf-8"))
-    assert meta["extra"]["variant"] == "conv_bn" and meta["extra"]["normalisation"] == "global"
+    assert meta["extra"]["variant"] == "conv_bn" and meta["extra"]["normalisation"] == "speaker"
+    fold = json.loads(Path(out, "runs", "conv_bn", meta["extra"]["fold"], "result.json")
+                      .read_text(encoding="utf-8"))
+    assert meta["extra"]["speaker_statistics"] == fold["speaker_statistics"]
+    assert sorted(fold["speaker_statistics"]) == sorted(
+        fold["train_speakers"] + fold["validation_speakers"] + fold["test_speakers"])
+    assert meta["front_end"]["statistics"] == pytest.approx(fold["normalisation"])
     assert os.path.isfile(baselines.cache_path(os.path.join(out, "smoke", "records")))

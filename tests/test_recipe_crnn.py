@@ -138,7 +138,7 @@ def test_iemocap_protocol_improvised_four_classes_swapped_session_folds(tmp_path
     the four emotions only (frustration and the scripted dialogs are left out)."""
     data = write_iemocap_release(str(tmp_path / "corpus"))
     out = str(tmp_path / "run")
-    assert _recipe().main(["--corpus", "iemocap", "--data", data, "--out", out,
+    assert _recipe().main(["--corpus", "iemocap", "--data", data, "--baseline", "none", "--out", out,
                            "--folds", "Ses01F", "--variants", "baseline",
                            "--max-epochs", "1", "--verbose", "0"]) == 0
     config = json.load(open(os.path.join(out, "config.json"), encoding="utf-8"))

@@ -132,7 +132,7 @@ def test_iemocap_fold_rule_improvised_only_excitement_merged(tmp_path):
                                  improvised=("neu", "hap", "exc", "ang", "sad", "fru"),
                                  seconds=0.6)
     out = str(tmp_path / "run")
-    assert _recipe().main(["--corpus", "iemocap", "--data", data, "--out", out,
+    assert _recipe().main(["--corpus", "iemocap", "--data", data, "--baseline", "none", "--out", out,
                            "--variants", "ser_only", "--max-epochs", "1", "--verbose", "0",
                            "--no-export"]) == 0
     config = _json(os.path.join(out, "config.json"))
@@ -151,7 +151,7 @@ def test_iemocap_fold_rule_improvised_only_excitement_merged(tmp_path):
         assert fold["model_config"]["num_speakers"] == 2
     swapped = str(tmp_path / "swap")
     assert _recipe().main(["--corpus", "iemocap", "--data", data, "--out", swapped,
-                           "--swap", "--folds", "1", "--variants", "ser_only",
+                           "--baseline", "none", "--swap", "--folds", "1", "--variants", "ser_only",
                            "--max-epochs", "1", "--verbose", "0", "--no-export"]) == 0
     pairs = [(f["validation"][0], f["test"][0])
              for f in _json(os.path.join(swapped, "folds.json"))["folds"]]
