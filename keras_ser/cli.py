@@ -6,9 +6,11 @@ Sub-commands:
   ``python -m tfrecords_tools`` (see `tfrecords_tools.cli`).
 - ``keras-ser folds RECORD_DIR OUT.json --protocol loso-speaker``: speaker-independent
   folds from a converted corpus's ``stats.json`` (see `keras_ser.folds`).
-- ``keras-ser predict EXPORT FILE [FILE ...] [--json]``: classify audio files with an
-  exported model: a run's ``export/`` folder, ``export/<name>`` (highest version) or
-  ``export/<name>/<version>`` (see `keras_ser.serving.predict`).
+- ``keras-ser predict EXPORT FILE [FILE ...] [--json] [--same-speaker | --speaker ID |
+  --speaker-stats A,B]``: classify audio files with an exported model: a run's
+  ``export/`` folder, ``export/<name>`` (highest version) or ``export/<name>/<version>``
+  (see `keras_ser.serving.predict`); the speaker options feed a per-speaker normalised
+  export its speaker's statistics.
 """
 
 from __future__ import annotations
@@ -61,9 +63,13 @@ def _predict(argv) -> int:
 
     Prints, per file, the predicted class and the probabilities sorted from most to least
     likely (3 decimals; for a VTLP-vote export also each class's share of the votes, which
-    decide), or a JSON list with ``--json``. Returns 0, or 2 with a one-line
-    ``error: ...`` on stderr when the model folder is missing or not an export, or an
-    audio file is missing, undecodable, empty or shorter than the model's minimum.
+    decide), or a JSON list with ``--json``. A per-speaker export takes its speaker's
+    statistics with ``--same-speaker`` (estimated from the files), ``--speaker ID`` (one
+    the export recorded) or ``--speaker-stats=A,B``; without them it falls back to the
+    training speakers' statistics. Returns 0, or 2 with a one-line ``error: ...`` on
+    stderr when the model folder is missing or not an export, an audio file is missing,
+    undecodable, empty or shorter than the model's minimum, or the speaker options do not
+    fit the export.
     """
     parser = argparse.ArgumentParser(
         prog="keras-ser predict",
@@ -73,11 +79,32 @@ def _predict(argv) -> int:
                                       "export/<name>/<version>")
     parser.add_argument("files", nargs="+", help="audio files")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--same-speaker", action="store_true",
+                     help="per-speaker exports: the files are one speaker's; normalise with "
+                          "statistics estimated from them")
+    who.add_argument("--speaker", default=None,
+                     help="per-speaker exports: a speaker whose statistics the export "
+                          "recorded (a fold speaker)")
+    who.add_argument("--speaker-stats", default=None, metavar="A,B",
+                     help="per-speaker exports: the speaker's mean,std (z-score) or "
+                          "min,max (min-max) in dB; write --speaker-stats=-52,11 when A is "
+                          "negative")
     args = parser.parse_args(argv)
     from keras_ser.serving import predict
 
+    speaker = "files" if args.same_speaker else args.speaker
     try:
-        results = predict.predict_files(args.model, args.files)
+        if args.speaker_stats is not None:
+            try:
+                a, b = (float(v) for v in args.speaker_stats.split(","))
+            except ValueError:
+                raise ValueError(f"--speaker-stats takes two numbers A,B, got "
+                                 f"{args.speaker_stats!r}") from None
+            kind = predict.read_metadata(args.model)["front_end"]["normalise"]
+            speaker = dict(zip(("mean", "std") if kind == "zscore" else ("min", "max"),
+                               (a, b)))
+        results = predict.predict_files(args.model, args.files, speaker=speaker)
     except (OSError, ValueError, TypeError) as err:
         message = " ".join(str(err).split())
         print(f"error: {message}", file=sys.stderr)

@@ -152,38 +152,109 @@ def _normaliser(normalise: str | None, stats: dict | None):
         return lambda x: feats.zscore(x, stats["mean"], stats["std"])
     if normalise == "zscore_band":
         return lambda x: feats.zscore(x, stats["band_mean"], stats["band_std"])
-    if normalise == "zscore_speaker":
-        return speaker_zscore(stats["speakers"])
-    raise ValueError(f"normalise must be None, 'minmax', 'zscore', 'zscore_band' or "
-                     f"'zscore_speaker', got {normalise!r}")
+    if normalise in SPEAKER_NORMALISE:
+        return speaker_scale(stats["speakers"], SPEAKER_NORMALISE[normalise])
+    raise ValueError(f"normalise must be None, 'minmax', 'zscore', 'zscore_band', "
+                     f"'zscore_speaker' or 'minmax_speaker', got {normalise!r}")
+
+
+#: Per-speaker normalisations of `make_dataset` and the kind each applies.
+SPEAKER_NORMALISE = {"zscore_speaker": "zscore", "minmax_speaker": "minmax"}
 
 
 def speaker_zscore(statistics: dict):
-    """``scale(x, speaker)``: z-score each example with its speaker's mean and std.
+    """`speaker_scale` with ``kind="zscore"``."""
+    return speaker_scale(statistics, "zscore")
+
+
+def speaker_scale(statistics: dict, kind: str = "zscore"):
+    """``scale(x, speaker)``: normalise each example with its speaker's own statistics.
 
     Args:
-        statistics: ``{speaker: {"mean": float, "std": float}}`` (one value along time and
-            frequency, as Etienne et al. 2018, eq. 2, but per speaker).
+        statistics: ``{speaker: {"mean", "std"}}`` (``kind="zscore"``; one value along
+            time and frequency, as Etienne et al. 2018, eq. 2, but per speaker) or
+            ``{speaker: {"min", "max"}}`` (``kind="minmax"``: to [-1, 1] as Eskimez et al.
+            2020, Sec. 4.2, but with the speaker's extremes; our variant).
+        kind: ``"zscore"`` or ``"minmax"``.
 
     Returns:
         A function of ``(batch, frames, dim)`` features and ``(batch,)`` speaker strings;
         a speaker missing from ``statistics`` fails the pipeline with its name.
+
+    Raises:
+        ValueError: Unknown kind.
     """
+    keys = {"zscore": ("mean", "std"), "minmax": ("min", "max")}.get(kind)
+    if keys is None:
+        raise ValueError(f"kind must be 'zscore' or 'minmax', got {kind!r}")
     names = sorted(statistics)
     table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         tf.constant(names), tf.range(len(names), dtype=tf.int32)), default_value=-1)
-    means = tf.constant([float(statistics[n]["mean"]) for n in names], tf.float32)
-    stds = tf.constant([float(statistics[n]["std"]) for n in names], tf.float32)
+    first, second = (tf.constant([float(statistics[n][k]) for n in names], tf.float32)
+                     for k in keys)
 
     def scale(x, speaker):
         where = table.lookup(speaker)
         with tf.control_dependencies([tf.debugging.assert_non_negative(where, message=(
                 "a record's speaker has no per-speaker statistics"))]):
             where = tf.identity(where)
-        mean = tf.gather(means, where)[:, None, None]
-        std = tf.gather(stds, where)[:, None, None]
-        return (x - mean) / std
+        a = tf.gather(first, where)[:, None, None]
+        b = tf.gather(second, where)[:, None, None]
+        if kind == "zscore":
+            return (x - a) / b
+        return feats.minmax_to_unit(x, a, b)
     return scale
+
+
+def speaker_statistics(records, features: str | feats.FeatureConfig,
+                       speakers: Iterable[str] | None = None,
+                       classes: Sequence[str] | None = None, batch_size: int = 32) -> dict:
+    """Each speaker's feature statistics over its valid frames, in one pass.
+
+    For per-speaker normalisation (``normalise="zscore_speaker"`` or
+    ``"minmax_speaker"``): one mean, population standard deviation, minimum and maximum
+    along time and frequency per speaker, computed like `feature_statistics` on that
+    speaker's records alone. No label is used (``classes`` only restricts the records).
+
+    Args:
+        records: Record folder(s) or shard files.
+        features: Preset name or `FeatureConfig`.
+        speakers: Speakers to describe (``None``: all in the records).
+        classes: As `make_dataset` (``None``: every record).
+        batch_size: Records per pass batch.
+
+    Returns:
+        ``{speaker: {"mean", "std", "min", "max"}}`` (floats, dB for log-mels).
+
+    Raises:
+        ValueError: A requested speaker without any valid frame (named).
+    """
+    ds = make_dataset(records, classes=classes, speakers=speakers, features=features,
+                      batch_size=batch_size, keep=("speaker",))
+    acc = {}
+    for batch in ds:
+        x = batch["features"].numpy().astype(np.float64)
+        mask = batch["mask"].numpy()
+        for row, who in enumerate(batch["speaker"].numpy()):
+            frames = x[row][mask[row]]
+            if not frames.size:
+                continue
+            a = acc.setdefault(who.decode(), [0, 0.0, 0.0, np.inf, -np.inf])
+            a[0] += frames.size
+            a[1] += frames.sum()
+            a[2] += np.square(frames).sum()
+            a[3] = min(a[3], frames.min())
+            a[4] = max(a[4], frames.max())
+    missing = sorted(set(speakers or ()) - set(acc))
+    if missing:
+        raise ValueError(f"speakers {missing} have no valid frame in {records}")
+    out = {}
+    for who, (n, total, total_sq, lo, hi) in sorted(acc.items()):
+        mean = total / n
+        out[who] = {"mean": float(mean), "std": float(np.sqrt(max(total_sq / n - mean ** 2,
+                                                                   0.0))),
+                    "min": float(lo), "max": float(hi)}
+    return out
 
 
 def make_dataset(records, *, classes: Sequence[str] | None = None,
@@ -234,9 +305,11 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
             not in the records raises).
         normalise: ``None``, ``"minmax"`` (to [-1, 1], Eskimez et al. 2020, Sec. 4.2),
             ``"zscore"`` (one mean and deviation, Etienne et al. 2018, eq. 2),
-            ``"zscore_band"`` (per band, our variant) or ``"zscore_speaker"`` (eq. 2's
+            ``"zscore_band"`` (per band, our variant), ``"zscore_speaker"`` (eq. 2's
             z-score with each record's speaker's own mean and deviation, ``stats =
-            {"speakers": {speaker: {"mean", "std"}}}``; `speaker_zscore`).
+            {"speakers": {speaker: {"mean", "std"}}}``) or ``"minmax_speaker"``
+            (min-max with the speaker's own extremes, ``{"min", "max"}`` per speaker;
+            both `speaker_scale`, statistics from `speaker_statistics`).
         stats: Feature statistics (`keras_ser.features.load_feature_stats`); when
             ``None`` and ``normalise`` is set, read from the record folder's stats.json.
         batch_size: Examples per batch.
@@ -345,7 +418,7 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
                                   lambda epoch_seed, e: one_epoch(epoch_seed, e, False))
         count = per_epoch * max(0, stop - first)
 
-    by_speaker = normalise == "zscore_speaker"
+    by_speaker = normalise in SPEAKER_NORMALISE
     parse_spec = {k: spec[k] for k in ("pcm", "num_samples", "segment_start", "segment_end",
                                        "utterance_id", *keep, *(["speaker"] if by_speaker
                                                                else []))}

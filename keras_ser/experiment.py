@@ -66,7 +66,7 @@ def recipe_main(main: Callable) -> Callable:
 
 
 def parser(doc: str, presets: Sequence[str], rows: tuple | None = None,
-           default_preset: str = "cpu") -> argparse.ArgumentParser:
+           default_preset: str = "cpu", speaker_norm: bool = False) -> argparse.ArgumentParser:
     """An argument parser with the options every recipe has.
 
     Args:
@@ -75,6 +75,9 @@ def parser(doc: str, presets: Sequence[str], rows: tuple | None = None,
         rows: ``(option, choices, default)`` of the table rows, e.g. ``("models",
             MODELS, "basic_cnn,...")``; the option takes a comma-separated subset.
         default_preset: ``--preset`` default.
+        speaker_norm: The recipe offers ``--speaker-norm`` (per-speaker z-scored input,
+            the speakers' statistics in the export: `keras_ser.serving.builders.FrontEnd.
+            speaker_norm`).
     """
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +106,11 @@ def parser(doc: str, presets: Sequence[str], rows: tuple | None = None,
                    help="reference rows on the same folds: eGeMAPS functionals + linear SVM, "
                         "global and per-speaker z-score (auto: on for a real corpus, off for "
                         "the built-in smoke-test corpus)")
+    if speaker_norm:
+        p.add_argument("--speaker-norm", action="store_true",
+                       help="z-score each utterance with its own speaker's feature statistics "
+                            "(transductive, no labels; the export takes a speaker's "
+                            "statistics or falls back to the training speakers')")
     p.add_argument("--out", default=None, help="run folder (default runs/<recipe>-<corpus>-"
                                                "<preset>)")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
@@ -652,7 +660,9 @@ def export_best(out: str, name: str, summary: dict, results: Sequence[dict], fro
         summary: `write_results`' summary.
         results: The fold results of `run_folds`.
         front: ``front(result) -> FrontEnd`` of the chosen run.
-        extra: JSON facts; the row (under ``row_key``) and ``fold`` are added.
+        extra: JSON facts; the row (under ``row_key``) and ``fold`` are added, and a
+            run's ``speaker_statistics`` (per-speaker normalisation: each fold speaker's,
+            for ``keras-ser predict --speaker``).
         key: Summary metric ranking the rows.
         row_key: Name of the row in ``extra`` (e.g. ``"variant"``).
 
@@ -666,8 +676,10 @@ def export_best(out: str, name: str, summary: dict, results: Sequence[dict], fro
               key=lambda r: (r.get("validation") or r["test"])["wa"])
     model = keras.models.load_model(os.path.join(
         fold_folder(out, best, run["fold"], run["repeat"]), "model.keras"))
+    own = run.get("speaker_statistics")
     return export(out, name, model, front(run), class_names,
-                  {**extra, row_key: best, "fold": run["fold"]})
+                  {**extra, row_key: best, "fold": run["fold"],
+                   **({"normalisation": "speaker", "speaker_statistics": own} if own else {})})
 
 
 def export(out: str, name: str, classifier, front, class_names, extra: dict) -> str:

@@ -82,6 +82,19 @@ class Fold:
             raise ValueError(f"unknown fold part '{name}'; expected one of {PARTS}")
         return set(getattr(self, name))
 
+    def only_speaker(self, name: str) -> str:
+        """The one speaker of part ``name``, for per-speaker normalisation, which scores a
+        part with its speaker's own statistics.
+
+        Raises:
+            ValueError: The part holds no speaker or several (the message lists them).
+        """
+        speakers = sorted(self.part(name))
+        if len(speakers) != 1:
+            raise ValueError(f"per-speaker normalisation scores one {name} speaker per fold; "
+                             f"fold {self.name} has {speakers}")
+        return speakers[0]
+
     def speakers(self) -> set:
         """Every speaker of the fold (the union of its three parts)."""
         return set(self.train) | set(self.validation) | set(self.test)

@@ -62,12 +62,10 @@ SCHEDULES = {"paper": Schedule(max_epochs=60, patience=8, batch_size=16),
 def parse_args(argv=None):
     """Command-line options (see ``--help``)."""
     p = experiment.parser(__doc__, crnn.CRNN_PRESETS,
-                          ("variants", tuple(protocol.VARIANTS), ",".join(protocol.TABLE_1)))
+                          ("variants", tuple(protocol.VARIANTS), ",".join(protocol.TABLE_1)),
+                          speaker_norm=True)
     p.add_argument("--conv-layers", type=int, default=None, help="1-6 (default 4)")
     p.add_argument("--lstm-layers", type=int, default=None, help="1-4 (default 1)")
-    p.add_argument("--speaker-norm", action="store_true",
-                   help="z-score each utterance with its own speaker's log-mel statistics "
-                        "(transductive; the export falls back to the training speakers')")
     Schedule.add_options(p, ("max_epochs", "patience", "batch_size"))
     return p.parse_args(argv)
 
@@ -105,14 +103,12 @@ def export_best(out, summary, results, rows, classes, corpus):
     fold = max((r for r in results if r["row"] == best), key=lambda r: r["validation"]["ua"])
     config = rows[best][0]
     model = keras.models.load_model(os.path.join(out, "runs", best, fold["fold"], "model.keras"))
-    front = protocol.front_end(config, fold["normalisation"], vote=config.vtlp == "example")
+    front = protocol.front_end(config, fold["normalisation"], vote=config.vtlp == "example",
+                               speaker_inputs=config.speaker_norm)
     experiment.export(out, "crnn", model, front, classes, {
         "recipe": "crnn_vtlp", "variant": best, "fold": fold["fold"], "corpus": corpus.name,
         "normalisation": "speaker" if config.speaker_norm else "global",
-        **({"speaker_statistics": fold["speaker_statistics"], "served_statistics": (
-            "the training speakers' (fallback); for a known speaker re-export with "
-            "protocol.front_end(config, speaker_statistics[speaker])")}
-           if config.speaker_norm else {})})
+        **({"speaker_statistics": fold["speaker_statistics"]} if config.speaker_norm else {})})
 
 
 @experiment.recipe_main

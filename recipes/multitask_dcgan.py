@@ -10,7 +10,8 @@ Method (the paper's Secs. "Data Corpus" and "Experimental Design"; `main` follow
 1. Data. The labelled corpus and unlabelled speech (``--unlabelled``, e.g. AMI) are
    converted to TFRecords. Log-mel crops (``chang`` preset: 1024-sample window, 128
    bands) are cut at random around words, min-max normalised with the training
-   speakers' extremes (our choice); under-represented classes are oversampled.
+   speakers' extremes (our choice; ``--speaker-norm``: each speaker's own);
+   under-represented classes are oversampled.
 2. Folds. IEMOCAP: leave one session out, one speaker of it validates and the other
    tests. Other corpora: leave one speaker out, the next speaker validates.
 3. Models. BasicCNN, MultitaskCNN, BasicDCGAN, MultitaskDCGAN share one conv stack
@@ -60,7 +61,8 @@ COLUMNS = [Metric("emotion_ua", "UA emotion"), Metric("emotion_wa", "WA emotion"
 def parse_args(argv=None):
     """Command-line options (see ``--help``)."""
     p = experiment.parser(__doc__, dcgan.DCGAN_PRESETS, ("models", dcgan.MODELS,
-                                                         ",".join(dcgan.MODELS)))
+                                                         ",".join(dcgan.MODELS)),
+                          speaker_norm=True)
     p.add_argument("--primary", choices=("emotion", "valence", "activation"), default=None,
                    help="primary task (default: valence on IEMOCAP, else emotion)")
     p.add_argument("--search", action="store_true", help="random search per model first")
@@ -86,11 +88,15 @@ def export_best(out, summary, results, spec, minmax, corpus):
     fold = max((r for r in results if r["row"] == best),
                key=lambda r: r["validation"]["primary_ua"])
     config = dcgan.DCGANConfig(**fold["config"])
-    folder = os.path.join(out, "runs", best, fold["fold"])
+    folder = experiment.fold_folder(out, best, fold["fold"], fold.get("repeat", 0))
+    own = fold.get("speaker_statistics")
     experiment.export(out, "multitask_dcgan", protocol.load_classifier(folder),
-                      protocol.front_end(spec, config, minmax(fold["fold"])),
+                      protocol.front_end(spec, config, minmax(fold["fold"]),
+                                         speaker_inputs=bool(own)),
                       spec.class_names, {"recipe": "multitask_dcgan", "model": best,
-                                         "fold": fold["fold"], "corpus": corpus.name})
+                                         "fold": fold["fold"], "corpus": corpus.name,
+                                         **({"normalisation": "speaker",
+                                             "speaker_statistics": own} if own else {})})
     return best
 
 
@@ -114,6 +120,11 @@ def main(argv=None) -> int:
     experiment.write_config(out, args, argv, corpus, spec=spec, protocol=scheme, models=models,
                             folds=[f.name for f in folds], architecture=base, settings=settings)
     extremes = {}
+    own = own_unlabelled = None  # --speaker-norm: every speaker's own extremes
+    if args.speaker_norm:
+        own = protocol.speaker_minmax(corpus.records, spec)
+        files = [f for d in corpus.unlabelled for f in kdata.record_files(d)]
+        own_unlabelled = protocol.speaker_minmax(files, spec) if files else None
 
     def minmax(name):
         fold = next(f for f in folds if f.name == name)
@@ -131,7 +142,8 @@ def main(argv=None) -> int:
                                        minmax=minmax(fold.name), max_epochs=settings.max_epochs,
                                        patience=settings.patience, seed=seed,
                                        unlabelled=corpus.unlabelled,
-                                       verbose=experiment.verbosity(args)),
+                                       verbose=experiment.verbosity(args), own=own,
+                                       own_unlabelled=own_unlabelled),
                                    repeats=args.seeds)
     # The reference rows (eGeMAPS + linear SVM) predict the primary task's classes.
     reference = experiment.baseline_rows(
@@ -139,7 +151,7 @@ def main(argv=None) -> int:
         kdata.Utterances(corpus.records, labels=data.level_labels(primary)),
         class_names=spec.class_names, aliases={"primary_ua": "ua", **(
             {"emotion_ua": "ua", "emotion_wa": "wa"} if primary == "emotion"
-            else {f"{primary}_ua5": "ua"})})
+            else {f"{primary}_ua5": "ua"})}, speaker_norm=args.speaker_norm)
     # 6. Results; every model against the first (the paper's claim: MultitaskDCGAN > BasicCNN).
     gains = experiment.paired_tests(results, models, models[0], "primary_ua")
     summary = experiment.write_results(
@@ -148,7 +160,9 @@ def main(argv=None) -> int:
             " epochs without a new best validation UA.",
             f"Primary task: {primary} ({len(spec.class_names)} classes; chance UA "
             f"{100 / len(spec.class_names):.1f}%); targets: {targets_text(spec, data)}.",
-            f"Preset {args.preset}; search: {'random' if args.search else 'off'}."],
+            f"Preset {args.preset}; search: {'random' if args.search else 'off'}; "
+            "min-max with " + ("each speaker's own extremes (transductive)."
+                               if args.speaker_norm else "the training speakers' extremes.")],
         entries=results, rows=models, row_titles=dcgan.MODEL_TITLES, columns=COLUMNS,
         main=Metric("primary_ua", "Primary-task UA"), folds=results, smoke=corpus.smoke,
         started=started, baseline=reference, document={

@@ -11,7 +11,8 @@ Method (the paper's Secs. 2-3; `main` follows it):
    emotions (Sec. 3.1). Other corpora: every emotion present, or ``--classes``.
 2. Features. 13 MFCC + Δ + ΔΔ as Kaldi computes them, voiced frames only (Kaldi's
    energy VAD), computed in the graph by the served front end (`keras_ser.features`
-   preset ``tu``); z-scored per dimension with the training speakers' statistics (ours).
+   preset ``tu``); z-scored per dimension with the training speakers' statistics (ours),
+   or with ``--speaker-norm`` with each speaker's own (speaker CMVN, transductive).
 3. Folds. IEMOCAP: 5 folds, four sessions train, one speaker of the held-out session
    validates and the other tests (``--swap``: both orders, 10 folds). Other corpora:
    leave one speaker out, the next speaker validates.
@@ -59,7 +60,8 @@ SCHEDULES = {"paper": Schedule(max_epochs=100, patience=100, batch_size=16, max_
 def parse_args(argv=None):
     """Command-line options (see ``--help``)."""
     p = experiment.parser(__doc__, xvector.XVECTOR_PRESETS,
-                          ("variants", protocol.STRATEGIES, ",".join(protocol.STRATEGIES)))
+                          ("variants", protocol.STRATEGIES, ",".join(protocol.STRATEGIES)),
+                          speaker_norm=True)
     p.add_argument("--swap", action="store_true",
                    help="IEMOCAP: also swap validation and test speaker (10 folds)")
     p.add_argument("--search", type=int, default=0, metavar="TRIALS",
@@ -86,7 +88,8 @@ def configure(args, corpus, variants) -> tuple:
     try:
         model = xvector.get_config(args.preset)
         base = protocol.TrainConfig(max_epochs=settings.max_epochs,
-                                    batch_size=settings.batch_size, seed=args.seed, **chosen)
+                                    batch_size=settings.batch_size, seed=args.seed,
+                                    speaker_norm=args.speaker_norm, **chosen)
         rows = {v: base.replace(strategy=v) for v in variants}
     except ValueError as err:
         raise experiment.BadInput(str(err)) from None
@@ -100,13 +103,16 @@ def header(args, classes, iemocap, scheme, folds, settings, rows) -> list:
             (f"Protocol: {scheme}, {len(folds)} folds x {args.seeds} run(s); the "
              "validation speaker picks the epoch (best accuracy)."),
             f"Preset {args.preset}: {settings.max_epochs} epochs (paper 100), batch "
-            f"{settings.batch_size}; SGD 1e-3, Nesterov 0.9; λ (DAT), ε / α (CGT): "
-            + ", ".join(f"{c.grl_lambda:g}" if v == "dat" else f"{c.cgt_epsilon:g} / "
-                        f"{c.cgt_alpha:g}" for v, c in rows.items() if v in ("dat", "cgt"))
-            + ".",
+            f"{settings.batch_size}; SGD 1e-3, Nesterov 0.9"
+            + "".join(f"; λ (DAT) {c.grl_lambda:g}" if v == "dat" else
+                      f"; ε / α (CGT) {c.cgt_epsilon:g} / {c.cgt_alpha:g}"
+                      for v, c in rows.items() if v in ("dat", "cgt")) + ".",
             ("Speaker probe: logistic regression on the frozen embeddings of the "
              "validation and test speakers, stratified 5-fold; lower = less speaker "
              "information."),
+            ("Input: MFCC + Δ + ΔΔ z-scored per dimension with "
+             + ("each speaker's own statistics (speaker CMVN, transductive)."
+                if args.speaker_norm else "the training speakers' statistics.")),
             f"Chance accuracy {100 / len(classes):.1f}% (UA)."]
 
 
@@ -152,7 +158,8 @@ def main(argv=None) -> int:
     results = experiment.run_folds(out, variants, folds, args.seed, fold_run,
                                    repeats=args.seeds)
     reference = experiment.baseline_rows(args, corpus, folds, out, utterances,
-                                         class_names=classes, aliases={"validation_wa": "wa"})
+                                         class_names=classes, aliases={"validation_wa": "wa"},
+                                         speaker_norm=args.speaker_norm)
     # 6. Results: the paper's table, the paired tests against SER_only, the export.
     tests = {key: experiment.paired_tests(results, variants, "ser_only", key)
              for key in ("wa", "ua", "speaker_probe")} if "ser_only" in variants else {}
@@ -169,7 +176,9 @@ def main(argv=None) -> int:
     if not args.no_export:
         experiment.export_best(
             out, "speaker_adversarial", summary, results,
-            lambda r: protocol.front_end(r["normalisation"]), classes,
+            lambda r: protocol.front_end(r["normalisation"],
+                                         speaker_inputs=bool(r.get("speaker_statistics"))),
+            classes,
             {"recipe": "speaker_adversarial", "corpus": corpus.name}, row_key="variant")
     return 0
 

@@ -53,13 +53,16 @@ def load_recipe(name):
 
 
 def assert_export_matches_reported(run_dir, records, predictions, result, key="probabilities",
-                                   score_key="ua", atol=1e-5):
+                                   score_key="ua", atol=1e-5, speaker=None):
     """The run's exported SavedModel gives the reported scores on the held-out utterances.
 
     Loads ``run_dir/export`` (TF Serving layout), runs every test utterance of
     ``predictions`` (a fold's ``predictions.npz``) through its ``serving_default``
     signature, and checks the probabilities (and votes) equal the fold's saved ones within
     ``atol`` and that the UA of the export's decisions equals the UA in ``result``.
+    With ``speaker`` (a per-speaker export) the ``serve_speaker`` signature is used with
+    that recorded speaker's statistics, or with ``"files"`` with statistics estimated from
+    the test utterances themselves (`keras_ser.serving.predict.resolve_speaker`).
 
     Returns:
         The number of utterances compared.
@@ -73,13 +76,15 @@ def assert_export_matches_reported(run_dir, records, predictions, result, key="p
     model = predict.load(run_dir if os.path.basename(run_dir) == "export"
                          else os.path.join(run_dir, "export"))
     names = model.metadata["class_names"]
+    waves = [utterances.waveforms[where[str(uid)]].astype(np.float32) / 32768.0
+             for uid in saved["utterance_id"]]
+    given = predict.resolve_speaker(model.metadata, speaker, waves)
     probs, votes = [], []
-    for uid in saved["utterance_id"]:
-        wave = utterances.waveforms[where[str(uid)]].astype(np.float32)[None] / 32768.0
-        out = model(waveform=wave)
-        probs.append(out["probabilities"].numpy()[0])
-        if "votes" in out:
-            votes.append(out["votes"].numpy()[0])
+    for wave in waves:
+        p, v, _ = model.classify(wave[None], given)
+        probs.append(p[0])
+        if v is not None:
+            votes.append(v[0])
     probs = np.array(probs)
     np.testing.assert_allclose(probs, saved[key], atol=atol)
     if votes:

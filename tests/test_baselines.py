@@ -264,3 +264,20 @@ def test_recipe_gets_reference_rows_on_its_own_folds_and_utterances(tmp_path):
         fold["train_speakers"] + fold["validation_speakers"] + fold["test_speakers"])
     assert meta["front_end"]["statistics"] == pytest.approx(fold["normalisation"])
     assert os.path.isfile(baselines.cache_path(os.path.join(out, "smoke", "records")))
+    # The export takes the speaker's statistics: with the test speaker's it gives that
+    # fold's test predictions; without them it falls back to the training speakers'.
+    from keras_ser import data
+    from keras_ser.serving import predict
+
+    assert meta["front_end"]["speaker_norm"] is True
+    exported = predict.load(os.path.join(out, "export"))
+    [speaker] = fold["test_speakers"]
+    given = predict.resolve_speaker(exported.metadata, speaker)
+    utterances = data.Utterances(os.path.join(out, "smoke", "records"), fold["classes"])
+    with np.load(os.path.join(out, "runs", "conv_bn", fold["fold"], "predictions.npz")) as z:
+        ids, expected = z["utterance_id"].tolist(), z["probabilities"]
+    wave = utterances.waveforms[utterances.ids.index(ids[0])].astype(np.float32)[None] / 32768
+    probs, _, _ = exported.classify(wave, given)
+    np.testing.assert_allclose(probs[0], expected[0], atol=1e-4)
+    fallback, _, _ = exported.classify(wave)
+    assert np.abs(fallback[0] - expected[0]).max() > 1e-4

@@ -84,6 +84,69 @@ PINNED = {"basic_cnn/emotion_ua": 0.275, "basic_cnn/emotion_wa": 0.275,
           "multitask_dcgan/activation_ua3_decisions": 0.49430199430199423}
 
 
+def test_per_speaker_minmax_in_the_pipeline_matches_numpy(smoke_records):
+    """``normalise="minmax_speaker"``: each crop min-max scaled with its speaker's own
+    extremes (`keras_ser.data.speaker_statistics`, which equal numpy's over the
+    speaker's unnormalised frames)."""
+    from keras_ser import data
+
+    spec = tasks.TaskSpec("emotion", emotions=list(smoke.CLASSES))
+    own = protocol.speaker_minmax(smoke_records, spec)
+    assert sorted(own) == ["f01", "f03", "m02", "m04"]
+
+    def batches(**kw):
+        ds = data.make_dataset(smoke_records, features=spec.features, batch_size=16,
+                               keep=("speaker",), **kw)
+        return [{k: v.numpy() for k, v in b.items()} for b in ds]
+
+    raw = batches()
+    frames = {}
+    for b in raw:
+        for x, n, who in zip(b["features"], b["length"], b["speaker"]):
+            frames.setdefault(who.decode(), []).append(x[:n])
+    for who, parts in frames.items():
+        values = np.concatenate(parts)
+        assert (own[who]["min"], own[who]["max"]) == pytest.approx(
+            (values.min(), values.max()), abs=1e-4)
+    normed = batches(normalise="minmax_speaker", stats={"speakers": own})
+    for a, b in zip(raw, normed):
+        for x, y, n, who in zip(a["features"], b["features"], a["length"], a["speaker"]):
+            lo, hi = own[who.decode()]["min"], own[who.decode()]["max"]
+            np.testing.assert_allclose(y[:n], 2 * (x[:n] - lo) / (hi - lo) - 1, atol=1e-4)
+    spread = {who: own[who]["max"] - own[who]["min"] for who in own}
+    assert max(spread.values()) - min(spread.values()) > 0.5  # the speakers differ
+
+
+@pytest.mark.slow
+def test_speaker_norm_run_and_its_export(smoke_records, tmp_path):
+    """``--speaker-norm``: every fold speaker's own extremes (the unlabelled speakers'
+    too), recorded in the fold result and the export, whose ``serve_speaker`` signature
+    reproduces the fold's test predictions with the test speaker's recorded extremes and
+    with extremes estimated from its own files."""
+    out = str(tmp_path / "run")
+    wav = os.path.join(os.path.dirname(smoke_records), "wav")
+    assert _recipe().main(["--data", smoke_records, "--corpus", "smoke", "--folds", "1",
+                           "--models", "multitask_dcgan", "--max-epochs", "1",
+                           "--speaker-norm", "--unlabelled", wav, "--verbose", "0",
+                           "--out", out]) == 0
+    with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+        [fold] = json.load(f)["folds"]
+    spec = tasks.TaskSpec("emotion", emotions=list(smoke.CLASSES))
+    own = protocol.speaker_minmax(smoke_records, spec)
+    assert fold["speaker_statistics"] == {s: own[s] for s in sorted(
+        fold["train_speakers"] + fold["validation_speakers"] + fold["test_speakers"])}
+    with open(os.path.join(out, "export", "multitask_dcgan", "1", "keras_ser.json")) as f:
+        meta = json.load(f)
+    assert meta["speaker_inputs"]["keys"] == ["speaker_min", "speaker_max"]
+    assert meta["front_end"]["pad_value"] == pytest.approx(-100.0)
+    predictions = os.path.join(out, "runs", "multitask_dcgan", fold["fold"], "predictions.npz")
+    [test] = fold["test_speakers"]
+    for speaker in (test, "files"):
+        assert assert_export_matches_reported(
+            out, smoke_records, predictions, {"ua": fold["test"]["emotion_ua"]},
+            key="emotion", speaker=speaker, atol=1e-4) == 40
+
+
 @pytest.mark.slow
 def test_export_is_tf_serving_layout_and_gives_the_reported_scores(smoke_run, capsys):
     out, results = smoke_run

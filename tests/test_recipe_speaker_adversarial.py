@@ -92,6 +92,44 @@ def test_export_takes_waveforms_and_gives_the_reported_scores(smoke_run):
 
 
 @pytest.mark.slow
+def test_speaker_norm_normalises_each_speaker_with_its_own_statistics(tmp_path):
+    """``--speaker-norm``: speaker CMVN per dimension (each speaker's own voiced-frame
+    statistics, test speaker included), the per-speaker reference row, and an export
+    whose ``serve_speaker`` signature reproduces the fold's test predictions with the
+    recorded statistics of the test speaker, and with statistics estimated from the
+    test speaker's own files."""
+    from keras_ser import data
+
+    out = str(tmp_path / "run")
+    assert _recipe().main(["--folds", "1", "--variants", "ser_only", "--max-epochs", "1",
+                           "--speaker-norm", "--baseline", "none", "--verbose", "0",
+                           "--out", out]) == 0
+    result = _json(os.path.join(out, "runs", "ser_only", "test-f01", "result.json"))
+    own = result["speaker_statistics"]
+    assert sorted(own) == sorted(result["train_speakers"] + result["validation_speakers"]
+                                 + result["test_speakers"])
+    records = os.path.join(out, "smoke", "records")
+    utterances = data.Utterances(records)
+    bank = protocol.FeatureBank(utterances)
+    [test] = result["test_speakers"]
+    frames = np.concatenate([bank.arrays[i] for i in utterances.indices([test])])
+    np.testing.assert_allclose(own[test]["mean"], frames.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(own[test]["std"], frames.std(axis=0), rtol=1e-5, atol=1e-6)
+    assert np.abs(np.array(own[test]["mean"]) - np.array(result["normalisation"]["mean"])
+                  ).max() > 0.1  # the speaker's own differ from the pooled ones
+    meta = _json(os.path.join(out, "export", "speaker_adversarial", "1", "keras_ser.json"))
+    assert meta["speaker_inputs"]["shape"] == ["batch", 39]
+    assert meta["extra"]["speaker_statistics"] == own
+    predictions = os.path.join(out, "runs", "ser_only", "test-f01", "predictions.npz")
+    for speaker in (test, "files"):
+        assert assert_export_matches_reported(out, records, predictions, result["test"],
+                                              score_key="wa", speaker=speaker, atol=1e-4) \
+            == result["test"]["n"]
+    config = _json(os.path.join(out, "config.json"))
+    assert config["variants"]["ser_only"]["speaker_norm"] is True
+
+
+@pytest.mark.slow
 def test_rerun_reads_finished_folds_back(smoke_run):
     recipe, out = smoke_run
     result = os.path.join(out, "runs", "dat", "test-f01", "result.json")

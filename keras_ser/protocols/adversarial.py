@@ -81,6 +81,10 @@ class TrainConfig:
         cgt_epsilon: ε of the cross-gradient perturbations, ``cgt`` (eqs. 2-3; ours).
         cgt_alpha: α weighting perturbed against clean losses, ``cgt`` (eq. 4; ours).
         seed: Seed of batch order, dropout and initial weights.
+        speaker_norm: Z-score each utterance per dimension with its own speaker's
+            statistics (speaker-level CMVN over that speaker's voiced frames, the test
+            speaker's included, no label used: transductive; our variant, the paper does
+            not normalise) instead of the training speakers' pooled ones.
 
     Raises:
         ValueError: Unknown strategy or schedule, non-positive sizes.
@@ -95,6 +99,7 @@ class TrainConfig:
     cgt_epsilon: float = 1.0
     cgt_alpha: float = 0.5
     seed: int = 0
+    speaker_norm: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -115,10 +120,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def front_end(statistics: dict, features: str = FEATURES) -> FrontEnd:
+def front_end(statistics: dict, features: str = FEATURES,
+              speaker_inputs: bool = False) -> FrontEnd:
     """The served front end: Kaldi MFCC + Δ + ΔΔ of the voiced frames, z-scored per
-    dimension with ``statistics`` (``{"mean": (39,), "std": (39,)}``)."""
-    return FrontEnd(features=features, statistics=statistics, normalise="zscore")
+    dimension with ``statistics`` (``{"mean": (39,), "std": (39,)}``); with
+    ``speaker_inputs`` the speaker's own statistics are inputs and ``statistics`` the
+    fallback (`keras_ser.serving.builders.FrontEnd.speaker_norm`)."""
+    return FrontEnd(features=features, statistics=statistics, normalise="zscore",
+                    speaker_norm=bool(speaker_inputs))
 
 
 class FeatureBank:
@@ -164,6 +173,27 @@ class FeatureBank:
         mean = np.float32(statistics["mean"])
         std = np.maximum(np.float32(statistics["std"]), np.float32(1e-6))
         return [(self.arrays[i] - mean) / std for i in index]
+
+    def speaker_statistics(self, utterances: data.Utterances, speakers) -> dict:
+        """`statistics` of each speaker's utterances alone: ``{speaker: {"mean",
+        "std"}}``, for per-speaker normalisation (no label is used, but only the
+        utterances of the run's classes are in the bank).
+
+        Raises:
+            ValueError: A speaker without utterances.
+        """
+        out = {}
+        for speaker in sorted(speakers):
+            index = utterances.indices([speaker])
+            if not len(index):
+                raise ValueError(f"speaker {speaker!r} has no utterance to normalise with")
+            out[speaker] = self.statistics(index)
+        return out
+
+    def normalised_by_speaker(self, index, speakers: Sequence[str], own: dict) -> list:
+        """The arrays at ``index``, each z-scored with its speaker's ``own`` statistics
+        (``speakers[k]`` is the speaker of ``index[k]``)."""
+        return [self.normalised([i], own[s])[0] for i, s in zip(index, speakers)]
 
 
 def training_batches(arrays: Sequence[np.ndarray], emotions, speakers, batch_size: int,
@@ -341,7 +371,10 @@ def train_fold(model_config: xvector.XVectorConfig, config: TrainConfig, fold,
         Dict with ``row``, ``fold``, speakers, ``config``, ``model_config``, ``epochs``,
         ``best_epoch``, ``validation`` and ``test`` reports (`keras_ser.metrics.
         classification_report`: ``wa`` is the accuracy of the paper's tables; ``test``
-        also holds ``speaker_probe`` and ``speaker_probe_chance``) and ``normalisation``.
+        also holds ``speaker_probe`` and ``speaker_probe_chance``), ``normalisation``
+        (the training speakers' pooled statistics: what the export falls back to) and
+        ``speaker_statistics`` (each fold speaker's own with ``speaker_norm``, else
+        None).
 
     Raises:
         ValueError: A split without utterances, or a checkpoint of another configuration
@@ -356,10 +389,18 @@ def train_fold(model_config: xvector.XVectorConfig, config: TrainConfig, fold,
     train_speakers = sorted({utterances.speakers[i] for i in index["train"]})
     speaker_of = {s: k for k, s in enumerate(train_speakers)}
     stats = bank.statistics(index["train"])
-    arrays = bank.normalised(index["train"], stats)
+    # The training speakers' pooled statistics, or each speaker's own (speaker CMVN).
+    own = bank.speaker_statistics(utterances, fold.speakers()) if config.speaker_norm else None
+    if own:
+        arrays = bank.normalised_by_speaker(
+            index["train"], [utterances.speakers[i] for i in index["train"]], own)
+    else:
+        arrays = bank.normalised(index["train"], stats)
+    part_stats = ({p: own[fold.only_speaker(p)] for p in ("validation", "test")} if own
+                  else {"validation": stats, "test": stats})
     net = fold_network(model_config, fold, classes, utterances, bank)
     model = model or build_model(net, config)
-    scorer = Scorer(model, front_end(stats))
+    scorer = Scorer(model, front_end(part_stats["validation"]))
     val_units = scorer.prepare(utterances.select(index["validation"]))
     val_labels = utterances.labels[index["validation"]]
 
@@ -397,10 +438,12 @@ def train_fold(model_config: xvector.XVectorConfig, config: TrainConfig, fold,
         "epochs": int(state["epochs_done"]),
         "best_epoch": int(state["early_stopping"]["best_epoch"]) + 1,
         "validation": _report(scorer(val_units).predicted, val_labels, classes),
-        "normalisation": stats}
+        "normalisation": stats, "speaker_statistics": own}
     if not evaluate:
         return result
     test_labels = utterances.labels[index["test"]]
+    if own:
+        scorer = Scorer(model, front_end(part_stats["test"]))
     test_units = scorer.prepare(utterances.select(index["test"]))
     scores = scorer(test_units)
     result["test"] = _report(scores.predicted, test_labels, classes)

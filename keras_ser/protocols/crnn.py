@@ -168,16 +168,10 @@ def fold_statistics(records, speakers, classes, features: str, labels=None) -> d
 
 def speaker_statistics(records, speakers, features: str) -> dict:
     """`fold_statistics` of each speaker alone, over all of its utterances (no label or
-    class used): ``{speaker: {"mean", "std"}}``, for ``speaker_norm``."""
-    return {s: fold_statistics(records, [s], None, features) for s in sorted(speakers)}
-
-
-def _one_speaker(fold, part: str) -> str:
-    speakers = sorted(fold.part(part))
-    if len(speakers) != 1:
-        raise ValueError(f"speaker_norm scores one {part} speaker per fold; fold "
-                         f"{fold.name} has {speakers}")
-    return speakers[0]
+    class used): ``{speaker: {"mean", "std"}}``, for ``speaker_norm``
+    (`keras_ser.data.speaker_statistics`, one pass)."""
+    own = data.speaker_statistics(records, features, speakers=sorted(speakers))
+    return {s: {"mean": own[s]["mean"], "std": own[s]["std"]} for s in sorted(speakers)}
 
 
 def build_model(model_config: crnn.CRNNConfig, config: TrainConfig) -> crnn.CRNN:
@@ -204,12 +198,16 @@ def build_model(model_config: crnn.CRNNConfig, config: TrainConfig) -> crnn.CRNN
     return model
 
 
-def front_end(config: TrainConfig, statistics: dict, vote: bool = False) -> FrontEnd:
+def front_end(config: TrainConfig, statistics: dict, vote: bool = False,
+              speaker_inputs: bool = False) -> FrontEnd:
     """The served front end: z-scored log-mels of the whole utterance, or with ``vote``
-    the eleven VTLP copies and their majority vote."""
+    the eleven VTLP copies and their majority vote. With ``speaker_inputs`` (for the
+    export of a ``speaker_norm`` model) the speaker's statistics are inputs and
+    ``statistics`` the fallback (`keras_ser.serving.builders.FrontEnd.speaker_norm`)."""
     warps = augment.VTLP_TTA_ALPHAS if vote else ()
     return FrontEnd(features=config.features, statistics=statistics, normalise="zscore",
-                    warps=warps, aggregate="vote" if vote else "mean")
+                    warps=warps, aggregate="vote" if vote else "mean",
+                    speaker_norm=bool(speaker_inputs))
 
 
 def _report(scores, labels, classes) -> dict:
@@ -268,7 +266,7 @@ def train_fold(model_config: crnn.CRNNConfig, config: TrainConfig, fold, records
     # speaker_norm each speaker's own (the served model then falls back to the global).
     own = (speaker_statistics(records, fold.speakers(), config.features)
            if config.speaker_norm else None)
-    part_stats = ({p: own[_one_speaker(fold, p)] for p in ("validation", "test")}
+    part_stats = ({p: own[fold.only_speaker(p)] for p in ("validation", "test")}
                   if own else {"validation": stats, "test": stats})
     plain = Scorer(model, front_end(config, part_stats["validation"]))
     val_alphas = None

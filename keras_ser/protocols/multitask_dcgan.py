@@ -88,16 +88,32 @@ def fold_minmax(records: str, speakers: Sequence[str], spec: TaskSpec) -> tuple:
     return float(stats["min"]), float(stats["max"])
 
 
+def speaker_minmax(records, spec: TaskSpec) -> dict:
+    """Each speaker's own log-mel extremes (dB), over all of its records (no label
+    used): ``{speaker: {"min", "max"}}``, for per-speaker min-max normalisation (our
+    variant; the paper gives no normalisation). ``records``: a record folder or shard
+    files (e.g. the unlabelled speech's)."""
+    own = kdata.speaker_statistics(records, spec.features)
+    return {s: {"min": v["min"], "max": v["max"]} for s, v in own.items()}
+
+
+def _extremes(statistics: dict) -> tuple:
+    return float(statistics["min"]), float(statistics["max"])
+
+
 def training_data(records: str, spec: TaskSpec, config: dcgan.DCGANConfig, speakers,
                   minmax: tuple, tasks: Sequence[str], *, seed: int, epochs: int,
-                  unlabelled: Sequence[str] = (), levels: dict | None = None):
+                  unlabelled: Sequence[str] = (), levels: dict | None = None,
+                  own: dict | None = None, own_unlabelled: dict | None = None):
     """``data(first_epoch) -> (dataset, steps)`` for `fit_resumable`.
 
     Random word-centred crops of ``config.crop_frames`` frames (Sec. "Data Corpus"), the
     primary labels oversampled to balance (the emotion classes, or with ``levels`` the
     5-point levels of a rating dimension; the paper oversamples rare valence levels,
     Sec. "Data Corpus", the exact factors are ours), min-max normalised with
-    ``minmax``; one target per task. With ``unlabelled`` record folders a batch of random crops from
+    ``minmax`` (or with ``own`` each speaker's own extremes, `speaker_minmax`; the
+    unlabelled speakers' from ``own_unlabelled``); one target per task. With
+    ``unlabelled`` record folders a batch of random crops from
     them is zipped in as ``"unlabelled"`` (they feed only the GAN path). Every epoch's
     crops and order come from seeds of ``(seed, epoch)``.
 
@@ -107,9 +123,14 @@ def training_data(records: str, spec: TaskSpec, config: dcgan.DCGANConfig, speak
         ``(batch, 5)``, [``unlabelled`` ``(batch, W, M)``], and the batches per epoch.
     """
     stats = {"min": minmax[0], "max": minmax[1]}
+    norm = ("minmax_speaker", {"speakers": own}) if own else ("minmax", stats)
+    extra_norm = ("minmax_speaker", {"speakers": own_unlabelled}) if own else ("minmax", stats)
     balance = spec.primary == "emotion" or levels is not None
     tables = {d: spec.dimension_table(d) for d in DIMENSIONS}
     files = [f for folder in unlabelled for f in kdata.record_files(folder)]
+    if own and files and not own_unlabelled:
+        raise ValueError("per-speaker normalisation needs the unlabelled speakers' extremes "
+                         "too (own_unlabelled = speaker_minmax(unlabelled files))")
 
     def targets(batch):
         out = {"features": batch["features"]}
@@ -129,8 +150,8 @@ def training_data(records: str, spec: TaskSpec, config: dcgan.DCGANConfig, speak
         ds = kdata.make_dataset(
             records, classes=spec.emotions if levels is None else LEVEL_NAMES, labels=levels,
             speakers=speakers, features=spec.features, crop_frames=config.crop_frames,
-            crop="word", oversample="balance" if balance else None, normalise="minmax",
-            stats=stats, batch_size=config.batch_size, shuffle=True, seed=seed, cache=True,
+            crop="word", oversample="balance" if balance else None, normalise=norm[0],
+            stats=norm[1], batch_size=config.batch_size, shuffle=True, seed=seed, cache=True,
             drop_remainder=True, keep=DIMENSIONS, epochs=span)
         steps = kdata.batches_per_epoch(ds, span)
         ds = ds.map(tf.autograph.experimental.do_not_convert(targets),
@@ -138,7 +159,7 @@ def training_data(records: str, spec: TaskSpec, config: dcgan.DCGANConfig, speak
         if files:
             extra = kdata.make_dataset(
                 files, features=spec.features, crop_frames=config.crop_frames,
-                crop="random", normalise="minmax", stats=stats,
+                crop="random", normalise=extra_norm[0], stats=extra_norm[1],
                 batch_size=config.batch_size, shuffle=True, seed=seed + 1, repeat=True,
                 drop_remainder=True, epochs=span, steps=steps)
             ds = tf.data.Dataset.zip(ds, extra.map(lambda b: b["features"])).map(
@@ -168,11 +189,15 @@ def build_trainer(model: str, config: dcgan.DCGANConfig, spec: TaskSpec,
     return trainer
 
 
-def front_end(spec: TaskSpec, config: dcgan.DCGANConfig, minmax: tuple) -> FrontEnd:
+def front_end(spec: TaskSpec, config: dcgan.DCGANConfig, minmax: tuple,
+              speaker_inputs: bool = False) -> FrontEnd:
     """The served front end: the preset's log-mel, min-max with the fold's extremes,
-    ``crop_frames`` windows every half crop, mean of the window probabilities."""
+    ``crop_frames`` windows every half crop, mean of the window probabilities. With
+    ``speaker_inputs`` (export of a per-speaker model) the speaker's extremes are inputs
+    and ``minmax`` the fallback (`keras_ser.serving.builders.FrontEnd.speaker_norm`)."""
     return FrontEnd(features=spec.features, statistics={"min": minmax[0], "max": minmax[1]},
-                    crop_frames=config.crop_frames, hop_frames=max(1, config.crop_frames // 2))
+                    crop_frames=config.crop_frames, hop_frames=max(1, config.crop_frames // 2),
+                    speaker_norm=bool(speaker_inputs))
 
 
 def score(probs: dict, corpus: Corpus, index: np.ndarray) -> dict:
@@ -232,7 +257,8 @@ def _split_heads(probabilities: np.ndarray, tasks, sizes) -> dict:
 def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str, corpus: Corpus,
                out_dir: str, *, minmax: tuple, max_epochs: int = 50, patience: int = 5,
                seed: int = 0, unlabelled: Sequence[str] = (), verbose="auto",
-               trainer: multitask_gan.MultitaskGANTrainer | None = None) -> dict:
+               trainer: multitask_gan.MultitaskGANTrainer | None = None,
+               own: dict | None = None, own_unlabelled: dict | None = None) -> dict:
     """Train one model on one fold with early stopping, restore the best epoch, test.
 
     Resumable: ``out_dir/ckpt`` holds the checkpoint (`fit_resumable`); a run killed at
@@ -258,13 +284,19 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str, corpus
         verbose: Keras ``fit`` verbosity.
         trainer: A compiled `build_trainer` output for ``model`` and ``config`` if the
             caller built it (KerasTuner does); else built here.
+        own: Per-speaker normalisation: every fold speaker's own extremes
+            (`speaker_minmax`), used for training, validation and test alike
+            (transductive); ``own_unlabelled`` the unlabelled speakers'. None: ``minmax``.
 
     Returns:
-        Dict: ``row`` (the model), ``fold``, speakers, ``config``, ``minmax``, epochs
-        run, best epoch, ``validation`` and ``test`` metrics (`score`).
+        Dict: ``row`` (the model), ``fold``, speakers, ``config``, ``minmax`` (with
+        ``own`` the fallback an export uses without a speaker), ``speaker_statistics``
+        (the fold speakers' own, or None), epochs run, best epoch, ``validation`` and
+        ``test`` metrics (`score`).
 
     Raises:
-        ValueError: A split without utterances, or a checkpoint from another config.
+        ValueError: A split without utterances, a speaker without statistics, or a
+            checkpoint from another config.
     """
     spec = corpus.spec
     val_index = corpus.utterances.indices(fold.validation)
@@ -276,8 +308,11 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str, corpus
     trainer = trainer or build_trainer(model, config, spec, seed)
     tasks = trainer.tasks
     sizes = [int(trainer.discriminator.output[t].shape[-1]) for t in tasks]
-    scorer = Scorer(dcgan.all_heads_classifier(trainer.discriminator, tasks),
-                    front_end(spec, config, minmax))
+    classifier = dcgan.all_heads_classifier(trainer.discriminator, tasks)
+    mine = {s: own[s] for s in sorted(fold.speakers())} if own else None
+    part = ({p: _extremes(mine[fold.only_speaker(p)]) for p in ("validation", "test")}
+            if own else {"validation": minmax, "test": minmax})
+    scorer = Scorer(classifier, front_end(spec, config, part["validation"]))
     val_units = scorer.prepare(corpus.utterances.select(val_index))
 
     def validation_logs(epoch):
@@ -293,13 +328,15 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str, corpus
             png_dir=os.path.join(out_dir, "grids")))
     levels = None if spec.primary == "emotion" else corpus.level_labels(spec.primary)
     data = training_data(records, spec, config, fold.train, minmax, tasks, seed=seed,
-                         epochs=max_epochs, unlabelled=unlabelled, levels=levels)
+                         epochs=max_epochs, unlabelled=unlabelled, levels=levels,
+                         own=mine, own_unlabelled=own_unlabelled)
     stopper = PersistentEarlyStopping("val_primary_ua", patience)
     state = fit_resumable(trainer, data, directory=os.path.join(out_dir, "ckpt"),
                           epochs=max_epochs, seed=seed, stage=f"{model} {fold.name}",
                           early_stopping=stopper, callbacks=callbacks, verbose=verbose,
                           log_dir=os.path.join(out_dir, "logs"))
-    test_probs = _split_heads(scorer.score(corpus.utterances.select(test_index)).probabilities,
+    tester = Scorer(classifier, front_end(spec, config, part["test"])) if own else scorer
+    test_probs = _split_heads(tester.score(corpus.utterances.select(test_index)).probabilities,
                               tasks, sizes)
     io.save_npz(os.path.join(out_dir, "predictions.npz"),
                 utterance_id=np.array([corpus.utterances.ids[i] for i in test_index]),
@@ -310,6 +347,7 @@ def train_fold(model: str, config: dcgan.DCGANConfig, fold, records: str, corpus
         "row": model, "fold": fold.name, "train_speakers": sorted(fold.train),
         "validation_speakers": sorted(fold.validation), "test_speakers": sorted(fold.test),
         "config": config.to_dict(), "spec": spec.to_dict(), "minmax": list(minmax),
+        "speaker_statistics": mine,
         "epochs": int(state["epochs_done"]),
         "best_epoch": int(state["early_stopping"]["best_epoch"]) + 1,
         "validation": {k[len("val_"):]: v for k, v in validation_logs(None).items()},

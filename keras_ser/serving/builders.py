@@ -23,6 +23,7 @@ from keras_ser.serving.layers import (
     MeanOverWindows,
     Normalise,
     SlidingWindows,
+    SpeakerNormalise,
     VoicedFrames,
     VoteOverWindows,
     WarpedCopies,
@@ -32,6 +33,10 @@ from keras_ser.serving.layers import (
 INPUT_KEY = "waveform"
 OUTPUT_KEY = "probabilities"
 VOTES_KEY = "votes"
+#: Extra inputs of a per-speaker front end, per normalisation kind: the speaker's
+#: statistics, each ``(batch, K)``.
+SPEAKER_KEYS = {"zscore": ("speaker_mean", "speaker_std"),
+                "minmax": ("speaker_min", "speaker_max")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +53,20 @@ class FrontEnd:
             classifier takes whole utterances.
         hop_frames: Frames between windows (default ``crop_frames // 2``).
         pad_value: Value padding utterances shorter than one window (default: the
-            normalised features of silence).
+            normalised features of silence; with ``speaker_norm``, whose windows are cut
+            before normalisation, the raw features of silence, ``10 log10(amin)`` dB).
         warps: VTLP factors of the copies a whole-utterance classifier sees (empty: one
             unwarped copy).
         aggregate: ``"mean"`` (mean probability over windows or copies) or ``"vote"``
             (majority vote; the output then also holds the vote shares).
         sample_rate: Hz of the input waveforms.
         feature_overrides: `FeatureConfig` fields overriding the preset (``n_mels``).
+        speaker_norm: The classifier was trained on features normalised with each
+            speaker's own statistics (transductive, our variant; see
+            `keras_ser.data.speaker_statistics`). The models then take the speaker's
+            statistics as extra inputs (`SPEAKER_KEYS`, each ``(batch, K)``, K the size of
+            ``statistics``' values: 1 or feature_dim); ``statistics`` are the fallback
+            used when a request has none (the training speakers' pooled statistics).
 
     Raises:
         ValueError: Inconsistent settings (windows and warps together, a vote with
@@ -72,6 +84,7 @@ class FrontEnd:
     aggregate: str = "mean"
     sample_rate: int = 16000
     feature_overrides: dict = dataclasses.field(default_factory=dict)
+    speaker_norm: bool = False
 
     def __post_init__(self):
         if self.normalise not in Normalise.KEYS:
@@ -83,7 +96,7 @@ class FrontEnd:
         if self.aggregate == "vote" and not (self.warps or self.crop_frames):
             raise ValueError("a vote needs windows or VTLP copies to vote over")
         if self.config.image_size and (self.crop_frames is not None or self.warps
-                                       or self.statistics):
+                                       or self.statistics or self.speaker_norm):
             raise ValueError(f"preset '{self.features}' produces one image per utterance: "
                              "no windows, VTLP copies or normalisation statistics")
         if (self.crop_frames is not None or self.warps) and self.config.vad:
@@ -96,7 +109,12 @@ class FrontEnd:
         if self.crop_frames is not None:
             hop = self.hop_frames or max(1, int(self.crop_frames) // 2)
             object.__setattr__(self, "hop_frames", int(hop))
-            if self.pad_value is None:
+            if self.pad_value is None and self.speaker_norm:
+                # Windows are cut before the per-speaker normalisation: pad with the
+                # raw features of digital silence (the amin floor, dB).
+                object.__setattr__(self, "pad_value",
+                                   float(10.0 * np.log10(self.config.amin)))
+            elif self.pad_value is None:
                 pad = silence_level(self.config, self.normalise, statistics)
                 object.__setattr__(self, "pad_value", float(np.clip(pad, -1, 1))
                                    if self.clip else pad)
@@ -114,6 +132,34 @@ class FrontEnd:
         """True for an image preset (``FeatureConfig.image_size``, the NITK report's
         spectrogram images): the classifier takes one image per utterance, unnormalised."""
         return bool(self.config.image_size)
+
+    @property
+    def speaker_keys(self) -> tuple:
+        """Names of the speaker-statistics inputs (empty without ``speaker_norm``)."""
+        return SPEAKER_KEYS[self.normalise] if self.speaker_norm else ()
+
+    @property
+    def speaker_width(self) -> int:
+        """K, the size of each speaker-statistics input: 1 for scalar statistics, else
+        the number of per-band values."""
+        value = self.statistics[Normalise.KEYS[self.normalise][0]]
+        return 1 if np.ndim(value) == 0 else len(value)
+
+    def for_speaker(self, statistics: dict) -> FrontEnd:
+        """The fixed front end of one speaker: these settings with ``statistics`` (that
+        speaker's) baked in and no speaker inputs; what recipes score a speaker with. Its
+        windows pad with the silence level normalised by ``statistics``: the same
+        numbers the per-speaker model computes with the raw silence level."""
+        pad = None if self.speaker_norm and self.windowed else self.pad_value
+        return dataclasses.replace(self, statistics=dict(statistics), speaker_norm=False,
+                                   pad_value=pad)
+
+    def unnormalised(self) -> FrontEnd:
+        """Whole-utterance features with an identity z-score and no windows or copies:
+        what speaker statistics are computed from."""
+        return FrontEnd(features=self.features, statistics={"mean": 0.0, "std": 1.0},
+                        normalise="zscore", sample_rate=self.sample_rate,
+                        feature_overrides=dict(self.feature_overrides))
 
     @property
     def windowed(self) -> bool:
@@ -152,20 +198,36 @@ def build_units_model(front: FrontEnd) -> keras.Model:
     """
     config = front.config
     waveform = keras.Input(shape=(None,), dtype="float32", name=INPUT_KEY)
+    inputs = waveform
     x = CheckWaveform(config.window_samples, config.sample_rate,
                       name="check_waveform")(waveform)
     x = _feature_layers(front)(x)
     if config.image_size:  # [0, 255] images: each network brings its own preprocessing
         return keras.Model(waveform, x, name="units")
+    if front.speaker_norm:
+        given = [keras.Input(shape=(front.speaker_width,), dtype="float32", name=key)
+                 for key in front.speaker_keys]
+        inputs = {INPUT_KEY: waveform, **dict(zip(front.speaker_keys, given))}
+
+        def normalise(features):
+            return SpeakerNormalise(front.normalise, front.clip,
+                                    name="normalise")([features, *given])
+    else:
+        def normalise(features):
+            return Normalise(front.normalise, front.statistics, front.clip,
+                             name="normalise")(features)
     if config.vad:
         x, length = VoicedFrames(name="voiced_frames")(x)
-        x = Normalise(front.normalise, front.statistics, front.clip, name="normalise")(x)
-        return keras.Model(waveform, {"features": x, "length": length}, name="units")
-    x = Normalise(front.normalise, front.statistics, front.clip, name="normalise")(x)
+        return keras.Model(inputs, {"features": normalise(x), "length": length}, name="units")
+    if front.windowed and front.speaker_norm:  # windows first, then each speaker's scale
+        x = SlidingWindows(front.crop_frames, front.hop_frames, pad_value=front.pad_value,
+                           name="sliding_windows")(x)
+        return keras.Model(inputs, normalise(x), name="units")
+    x = normalise(x)
     if front.windowed:
         x = SlidingWindows(front.crop_frames, front.hop_frames, pad_value=front.pad_value,
                            name="sliding_windows")(x)
-    return keras.Model(waveform, x, name="units")
+    return keras.Model(inputs, x, name="units")
 
 
 def build_serving_model(classifier: keras.Model, front: FrontEnd, class_names,
@@ -181,7 +243,8 @@ def build_serving_model(classifier: keras.Model, front: FrontEnd, class_names,
 
     Returns:
         Functional model: input ``"waveform"`` float32 ``(batch, samples)`` in [-1, 1]
-        at ``front.sample_rate``; output ``{"probabilities": (batch, C)}`` and, with
+        at ``front.sample_rate`` (with ``front.speaker_norm`` also the speaker's
+        statistics, ``front.speaker_keys``); output ``{"probabilities": (batch, C)}`` and, with
         ``aggregate="vote"``, ``"votes"`` ``(batch, C)`` vote shares. Too-short or
         wrong-rank input raises `tf.errors.InvalidArgumentError` when it runs.
 
@@ -189,7 +252,7 @@ def build_serving_model(classifier: keras.Model, front: FrontEnd, class_names,
         ValueError: The classifier's output width is not ``len(class_names)``.
     """
     units_model = build_units_model(front)
-    waveform, units = units_model.input, units_model.output
+    waveform, units = units_model.input, units_model.output  # waveform: maybe a dict
     if front.windowed or front.warps:
         flat = FoldWindows(name="fold_windows")(units)
         unit_probs = classifier(flat)

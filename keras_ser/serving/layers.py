@@ -8,6 +8,8 @@ A served classifier, and every score keras-ser reports, runs the same chain::
          or WarpedCopies    (batch, copies, frames, mels): one VTLP warp per copy
       -> VoicedFrames       (features, length): voiced frames only (Kaldi VAD presets)
       -> Normalise          min-max to [-1, 1] or z-score, with training statistics
+         or SpeakerNormalise  the same with each utterance's speaker's statistics,
+                              a second input (batch, K)
       -> SlidingWindows     (batch, windows, crop_frames, mels)   (crop classifiers)
       -> FoldWindows        (batch * windows, crop_frames, mels)
       -> classifier         (batch * windows, classes)
@@ -200,6 +202,62 @@ class Normalise(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"kind": self.kind, "statistics": self.statistics, "clip": self.clip})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_ser")
+class SpeakerNormalise(keras.layers.Layer):
+    """`Normalise` with statistics given per utterance: its speaker's own.
+
+    Called on ``[features, a, b]`` with ``(a, b)`` = ``(mean, std)`` for
+    ``kind="zscore"`` or ``(min, max)`` for ``kind="minmax"``, each ``(batch, K)``
+    with ``K = 1`` (one value along time and frequency) or ``K = feature_dim`` (per band
+    or per dimension). Per-speaker statistics are the usual practice on EmoDB and for
+    Kaldi-style speaker CMVN; none of our five papers normalises per speaker (our
+    variant; Etienne et al. 2018, eq. 2, use one global mean and deviation).
+
+    Args:
+        kind: ``"zscore"`` or ``"minmax"``.
+        clip: Clip min-max values to [-1, 1].
+
+    Input shape:
+        features ``(batch, ..., feature_dim)`` (rank 3, or 4 with VTLP copies), ``a`` and
+        ``b`` ``(batch, K)``.
+
+    Output shape:
+        As ``features``.
+
+    Raises:
+        ValueError: (at construction) an unknown kind. The values are used as given,
+            exactly as `Normalise` uses its fixed ones (``std`` floored at 1e-6, min-max
+            unclipped unless ``clip``); `keras_ser.serving.predict.speaker_inputs` rejects
+            degenerate ones before they get here.
+    """
+
+    def __init__(self, kind: str = "zscore", clip: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in Normalise.KEYS:
+            raise ValueError(f"kind must be 'minmax' or 'zscore', got {kind!r}")
+        self.kind, self.clip = kind, bool(clip)
+
+    def call(self, inputs):
+        features, a, b = inputs
+        rank = len(features.shape)
+        shape = tf.concat([tf.shape(a)[:1], tf.ones([rank - 2], tf.int32),
+                           tf.shape(a)[-1:]], 0)
+        a = tf.reshape(tf.cast(a, features.dtype), shape)
+        b = tf.reshape(tf.cast(b, features.dtype), shape)
+        if self.kind == "zscore":
+            return features_mod.zscore(features, a, b)
+        out = features_mod.minmax_to_unit(features, a, b)
+        return tf.clip_by_value(out, -1.0, 1.0) if self.clip else out
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"kind": self.kind, "clip": self.clip})
         return config
 
 

@@ -6,6 +6,12 @@ folder ``export/<name>/<version>``. `load` returns the reloaded ``serving_defaul
 signature and the export's ``keras_ser.json``; `predict_files` decodes, checks and
 classifies files with the decision rule the export records (argmax, or the majority vote
 of the VTLP copies).
+
+Exports of per-speaker normalised models (``speaker_inputs`` in the metadata) also take
+the speaker's statistics: given as numbers, looked up among the fold speakers the export
+recorded, or estimated from the files themselves (`estimate_speaker_statistics`: all
+files from one speaker, transductive, as in training). Without them the export falls
+back to the training speakers' pooled statistics.
 """
 
 from __future__ import annotations
@@ -13,13 +19,26 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from keras_ser import audio as audio_mod
 from keras_ser import io
-from keras_ser.serving.builders import OUTPUT_KEY, VOTES_KEY, decide
-from keras_ser.serving.savedmodel import (METADATA_FILE, METADATA_FORMAT, METADATA_VERSION,
-                                          versions)
+from keras_ser.serving.builders import (
+    OUTPUT_KEY,
+    VOTES_KEY,
+    FrontEnd,
+    build_units_model,
+    decide,
+)
+from keras_ser.serving.layers import Normalise
+from keras_ser.serving.savedmodel import (
+    METADATA_FILE,
+    METADATA_FORMAT,
+    METADATA_VERSION,
+    SPEAKER_SIGNATURE,
+    versions,
+)
 
 
 def _is_version(path: str) -> bool:
@@ -105,10 +124,36 @@ class ExportedClassifier:
     def __call__(self, *args, **kwargs):
         return self.signature(*args, **kwargs)
 
-    def classify(self, waveforms) -> tuple:
+    @property
+    def front(self) -> FrontEnd:
+        """The export's `FrontEnd`."""
+        return FrontEnd.from_dict(self.metadata["front_end"])
+
+    def classify(self, waveforms, speaker: dict | None = None) -> tuple:
         """``(probabilities (n, C), votes (n, C) or None, predicted (n,))`` of a float32
-        ``(n, samples)`` batch, under the export's decision rule."""
-        out = self.signature(waveform=tf.constant(waveforms, tf.float32))
+        ``(n, samples)`` batch, under the export's decision rule.
+
+        Args:
+            waveforms: ``(n, samples)`` float32 in [-1, 1].
+            speaker: The speaker's statistics for a per-speaker export, as
+                `resolve_speaker` returns them (``{input key: (K,)}``), or None for the
+                fallback.
+
+        Raises:
+            ValueError: ``speaker`` given to an export without a ``serve_speaker``
+                signature.
+        """
+        waveforms = tf.constant(waveforms, tf.float32)
+        if speaker is None:
+            out = self.signature(waveform=waveforms)
+        else:
+            signature = self.module.signatures.get(SPEAKER_SIGNATURE)
+            if signature is None:
+                raise ValueError(f"{self.metadata['path']}: no {SPEAKER_SIGNATURE} signature")
+            n = int(waveforms.shape[0])
+            out = signature(waveform=waveforms, **{
+                key: tf.constant(np.tile(np.asarray(value, np.float32)[None], (n, 1)))
+                for key, value in speaker.items()})
         probs = out[OUTPUT_KEY].numpy()
         votes = out[VOTES_KEY].numpy() if VOTES_KEY in out else None
         return probs, votes, decide(probs, votes)
@@ -129,21 +174,151 @@ def load(path: str) -> ExportedClassifier:
     return ExportedClassifier(module, signature, metadata)
 
 
-def predict_files(path: str, files: Sequence[str]) -> list:
+def speaker_inputs(metadata: dict, statistics: dict) -> dict:
+    """Check a speaker's statistics against a per-speaker export and name them as its
+    ``serve_speaker`` inputs.
+
+    Args:
+        metadata: The export's ``keras_ser.json`` (`read_metadata`).
+        statistics: ``{"mean", "std"}`` (z-score exports) or ``{"min", "max"}`` (min-max
+            exports); each a number or K numbers (K in ``speaker_inputs.shape``; a number
+            is repeated K times).
+
+    Returns:
+        ``{input key: (K,) float32}``, e.g. ``{"speaker_mean": ..., "speaker_std": ...}``.
+
+    Raises:
+        ValueError: The export takes no speaker statistics; missing, non-finite or
+            degenerate values (``std <= 0``, ``max <= min``); the wrong number of values.
+    """
+    where = metadata.get("path", "the export")
+    spec = metadata.get("speaker_inputs")
+    if not spec:
+        raise ValueError(f"{where}: this model was trained with global normalisation; it "
+                         "takes no speaker statistics")
+    kind = metadata["front_end"]["normalise"]
+    names, width = Normalise.KEYS[kind], int(spec["shape"][1])
+    missing = [n for n in names if n not in statistics]
+    if missing:
+        raise ValueError(f"{where}: {kind} speaker statistics need {list(names)}, missing "
+                         f"{missing}")
+    values = []
+    for name in names:
+        value = np.asarray(statistics[name], np.float64).reshape(-1)
+        if value.size == 1:
+            value = np.repeat(value, width)
+        if value.size != width:
+            raise ValueError(f"{where}: speaker {name} needs 1 or {width} values, got "
+                             f"{value.size}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}: speaker {name} is not finite: {value.tolist()}")
+        values.append(value.astype(np.float32))
+    if np.any(values[1] <= 0) if kind == "zscore" else np.any(values[1] <= values[0]):
+        raise ValueError(f"{where}: degenerate speaker statistics {dict(zip(names, values))}")
+    return dict(zip(spec["keys"], values))
+
+
+def estimate_speaker_statistics(waveforms: Sequence[np.ndarray], front: FrontEnd) -> dict:
+    """One speaker's feature statistics from its utterances, as training computed them.
+
+    The features are the front end's own before normalisation (log-mels, or the voiced
+    MFCC frames of a VAD preset), pooled over every frame of every utterance: one mean and
+    population standard deviation over time and frequency for scalar statistics
+    (`keras_ser.data.feature_statistics`), one per dimension for per-band statistics
+    (`keras_ser.protocols.adversarial.FeatureBank.statistics`); min and max likewise.
+
+    Args:
+        waveforms: 1-D float32 arrays in [-1, 1] at ``front.sample_rate``, one speaker's.
+        front: The export's `FrontEnd` (``speaker_norm``).
+
+    Returns:
+        ``{"mean", "std"}`` or ``{"min", "max"}``: floats, or lists of ``feature_dim``.
+
+    Raises:
+        ValueError: No waveform, or no frame (e.g. no voiced frame) in any of them.
+    """
+    if not len(waveforms):
+        raise ValueError("estimating a speaker's statistics needs at least one utterance")
+    units = build_units_model(front.unnormalised())
+    frames = []
+    for wave in waveforms:
+        out = units(tf.constant(np.asarray(wave, np.float32)[None]), training=False)
+        if isinstance(out, dict):
+            out = out["features"][:, :int(out["length"][0])]
+        frames.append(out.numpy()[0].astype(np.float64))
+    frames = np.concatenate(frames)
+    if not frames.size:
+        raise ValueError("the utterances hold no frame to estimate statistics from")
+    per_band = front.speaker_width > 1
+    axis = 0 if per_band else None
+    if front.normalise == "zscore":
+        values = {"mean": frames.mean(axis=axis), "std": frames.std(axis=axis)}
+    else:
+        values = {"min": frames.min(axis=axis), "max": frames.max(axis=axis)}
+    return {k: (v.tolist() if per_band else float(v)) for k, v in values.items()}
+
+
+def resolve_speaker(metadata: dict, speaker, waveforms=None) -> dict | None:
+    """The speaker statistics a request asks for.
+
+    Args:
+        metadata: The export's metadata.
+        speaker: None (fallback statistics); ``"files"`` (estimate them from
+            ``waveforms``, all one speaker's); a speaker id recorded in the export
+            (``extra.speaker_statistics``: the fold's speakers); or a dict of values.
+        waveforms: The request's waveforms, for ``"files"``.
+
+    Returns:
+        ``{input key: (K,) float32}`` for `ExportedClassifier.classify`, or None.
+
+    Raises:
+        ValueError: As `speaker_inputs`; an unknown speaker id (the message lists the
+            known ones).
+    """
+    if speaker is None:
+        return None
+    front = FrontEnd.from_dict(metadata["front_end"])
+    if not metadata.get("speaker_inputs"):
+        speaker_inputs(metadata, {})  # raises: not a per-speaker export
+    if isinstance(speaker, dict):
+        statistics = speaker
+    elif speaker == "files":
+        statistics = estimate_speaker_statistics(waveforms, front)
+    else:
+        known = metadata.get("extra", {}).get("speaker_statistics") or {}
+        if str(speaker) not in known:
+            raise ValueError(f"{metadata.get('path', 'the export')}: no statistics of speaker "
+                             f"{speaker!r}; the export knows {sorted(known)} (or estimate "
+                             "them from the files)")
+        statistics = known[str(speaker)]
+    return speaker_inputs(metadata, statistics)
+
+
+def predict_files(path: str, files: Sequence[str], speaker=None) -> list:
     """Classify audio files with an export.
 
     Every file is decoded (`keras_ser.audio.load_waveform`: any libsndfile format, rate
     and channel count, resampled to the model's rate, mono) and checked before any is
     classified, so a bad file fails the call without partial output.
 
+    Args:
+        path: Any export path `resolve` accepts.
+        files: Audio files.
+        speaker: For a per-speaker export: None (the training speakers' fallback
+            statistics), ``"files"`` (all files are one speaker's: estimate the
+            statistics from them), a speaker id the export recorded, or
+            ``{"mean", "std"}`` / ``{"min", "max"}`` values (`resolve_speaker`).
+
     Returns:
         One dict per file, in order: ``{"file", "probabilities": {class: p},
-        "predicted": class}`` (and ``"votes"`` for a vote export).
+        "predicted": class}`` (and ``"votes"`` for a vote export; ``"speaker_statistics"``
+        when given).
 
     Raises:
         FileNotFoundError: The model folder or an audio file does not exist.
         ValueError: Not an export; a file cannot be decoded, is empty or is shorter than
-            the model's ``min_samples`` (`keras_ser.audio.AudioError` is a ValueError).
+            the model's ``min_samples`` (`keras_ser.audio.AudioError` is a ValueError);
+            bad speaker statistics (`resolve_speaker`).
     """
     metadata = read_metadata(path)
     rate = int(metadata["sample_rate"])
@@ -154,14 +329,17 @@ def predict_files(path: str, files: Sequence[str]) -> list:
             waves.append(audio_mod.check_waveform(waveform, metadata["min_samples"], rate))
         except ValueError as err:
             raise audio_mod.AudioError(f"{file}: {err}") from None
+    given = resolve_speaker(metadata, speaker, [w[0] for w in waves])
     model = load(path)
     names = model.metadata["class_names"]
     results = []
     for file, wave in zip(files, waves):
-        probs, votes, predicted = model.classify(wave)
+        probs, votes, predicted = model.classify(wave, given)
         entry = {"file": os.fspath(file),
                  "probabilities": {n: float(p) for n, p in zip(names, probs[0])},
                  "predicted": names[int(predicted[0])]}
+        if given is not None:
+            entry["speaker_statistics"] = {k: v.tolist() for k, v in given.items()}
         if votes is not None:
             entry["votes"] = {n: float(v) for n, v in zip(names, votes[0])}
         results.append(entry)

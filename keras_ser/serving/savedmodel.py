@@ -15,6 +15,13 @@ has the signatures ``serve`` and ``serving_default``: input ``"waveform"`` float
 a VTLP-vote model, ``"votes"``. ``keras_ser.json`` beside ``saved_model.pb`` records the
 class names, the sample rate, the shortest accepted input, the `FrontEnd` and the
 decision rule (TensorFlow Serving ignores the file).
+
+A model trained on per-speaker normalised features (``FrontEnd.speaker_norm``) gets a
+second signature, ``serve_speaker``: the waveform plus the speaker's statistics
+(``speaker_mean`` and ``speaker_std``, or ``speaker_min`` and ``speaker_max``, float32
+``(batch, K)``). ``serve``/``serving_default`` take the waveform alone and fall back to
+the training speakers' pooled statistics, so every client written for the other
+exports works unchanged; the metadata's ``speaker_inputs`` says which is which.
 """
 
 from __future__ import annotations
@@ -25,13 +32,18 @@ import os
 import re
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from keras_ser import io
 from keras_ser.serving.builders import INPUT_KEY, OUTPUT_KEY, VOTES_KEY, FrontEnd
+from keras_ser.serving.layers import Normalise
 
 METADATA_FILE = "keras_ser.json"
 METADATA_FORMAT = "keras_ser.serving"
 METADATA_VERSION = 2
+#: The signature taking the speaker's statistics (per-speaker front ends only).
+SPEAKER_SIGNATURE = "serve_speaker"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -95,11 +107,24 @@ def export_model(serving_model: keras.Model, base: str, name: str, *, class_name
         "feature_config": dataclasses.asdict(config),
         "extra": extra or {},
     }
+    if front.speaker_norm:
+        keys, width = front.speaker_keys, front.speaker_width
+        metadata["speaker_inputs"] = {
+            "signature": SPEAKER_SIGNATURE, "keys": list(keys),
+            "shape": ["batch", width], "dtype": "float32",
+            "fallback": {key: front.statistics[stat] for key, stat in
+                         zip(keys, Normalise.KEYS[front.normalise])},
+            "note": ("serving_default uses the fallback (the training speakers' pooled "
+                     f"statistics); {SPEAKER_SIGNATURE} takes the speaker's own, computed "
+                     "as keras_ser.serving.predict.estimate_speaker_statistics does")}
     text = json.dumps(metadata, indent=2)
     target = os.path.join(model_dir, str(int(version)))
     tmp = io.temporary_folder(target)
     try:
-        serving_model.export(tmp, format="tf_saved_model", verbose=False)
+        if front.speaker_norm:
+            _write_speaker_archive(serving_model, front, tmp)
+        else:
+            serving_model.export(tmp, format="tf_saved_model", verbose=False)
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             f.write(text + "\n")
         io.replace_folder(tmp, target)
@@ -109,3 +134,29 @@ def export_model(serving_model: keras.Model, base: str, name: str, *, class_name
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _write_speaker_archive(serving_model: keras.Model, front: FrontEnd, path: str) -> None:
+    """Write a per-speaker serving model with its two signatures (see the module)."""
+    keys, width = front.speaker_keys, front.speaker_width
+    fallback = [np.full((width,), front.statistics[stat], np.float32)
+                for stat in Normalise.KEYS[front.normalise]]
+    wave_spec = tf.TensorSpec((None, None), tf.float32, name=INPUT_KEY)
+    stat_specs = [tf.TensorSpec((None, width), tf.float32, name=key) for key in keys]
+
+    def serve(waveform):
+        n = tf.shape(waveform)[0]
+        given = {key: tf.tile(tf.constant(value)[None], [n, 1])
+                 for key, value in zip(keys, fallback)}
+        return serving_model({INPUT_KEY: waveform, **given}, training=False)
+
+    def serve_speaker(waveform, first, second):
+        return serving_model({INPUT_KEY: waveform, keys[0]: first, keys[1]: second},
+                             training=False)
+
+    archive = keras.export.ExportArchive()
+    archive.track(serving_model)
+    archive.add_endpoint("serve", serve, input_signature=[wave_spec])
+    archive.add_endpoint(SPEAKER_SIGNATURE, serve_speaker,
+                         input_signature=[wave_spec, *stat_specs])
+    archive.write_out(path, verbose=False)
