@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 import tensorflow as tf
+from helpers import tiny_crop_classifier as tiny_classifier
 from helpers import write_tone
 
 from keras_ser import audio, augment, features
@@ -344,14 +345,7 @@ def test_layers_round_trip_through_a_keras_file(tmp_path):
 
 def tiny_crop_classifier():
     """(n, CROP, MELS) -> (n, 3) softmax; seeded, with logits large enough to be uneven."""
-    inputs = keras.Input(shape=(CROP, MELS))
-    x = keras.layers.Conv1D(8, 3, activation="relu",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=3))(inputs)
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    outputs = keras.layers.Dense(len(CLASSES), activation="softmax",
-                                 kernel_initializer=keras.initializers.RandomNormal(
-                                     stddev=1.0, seed=1))(x)
-    return keras.Model(inputs, outputs, name="tiny")
+    return tiny_classifier(CROP, MELS, len(CLASSES))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import write_tone
+from helpers import tiny_crop_classifier, write_tone
 
 from keras_ser import audio, features
 from keras_ser.models import crnn
@@ -216,14 +216,7 @@ def test_windowed_per_speaker_model_equals_each_speakers_fixed_front_end(speaker
     speaker's fixed front end (windows padded with the normalised silence) gives, short
     utterances included."""
     ex = speaker_export
-    inputs = keras.Input(shape=(16, 128))
-    x = keras.layers.Conv1D(4, 3, activation="relu",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=3))(inputs)
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    outputs = keras.layers.Dense(len(CLASSES), activation="softmax",
-                                 kernel_initializer=keras.initializers.RandomNormal(
-                                     stddev=1.0, seed=1))(x)
-    classifier = keras.Model(inputs, outputs)
+    classifier = tiny_crop_classifier(16, 128, len(CLASSES), filters=4)
     front = builders.FrontEnd("chang", {"min": -100.0, "max": 30.0}, crop_frames=16,
                               hop_frames=8, clip=True, speaker_norm=True)
     assert front.pad_value == pytest.approx(-100.0)
