@@ -116,6 +116,9 @@ def parser(doc: str, presets: Sequence[str], rows: tuple | None = None,
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     p.add_argument("--verbose", type=int, default=None,
                    help="Keras fit verbosity (default: progress bar on a terminal, else 2)")
+    from keras_ser import distribute
+
+    distribute.add_options(p)
     return p
 
 
