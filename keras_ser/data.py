@@ -10,6 +10,12 @@ The pipeline of `make_dataset`::
 Randomness (crop positions, per-example VTLP factors) comes from
 `tf.data.Dataset.random` seeds zipped with the examples, so a pipeline with the same seed
 gives the same batches, and every epoch draws new crops.
+
+With `set_data_service` (the recipes' ``--data-service grpc://HOST:PORT``) the training
+streams of `make_dataset` and `synthetic_dataset` (epoch-seeded or endless) run on a
+`tf.data service <https://www.tensorflow.org/api_docs/python/tf/data/experimental/service>`_
+worker up to the batched features; the trainer only receives them and prefetches. They
+are the batches the local pipeline gives (`service`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+import socket
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -257,6 +266,192 @@ def speaker_statistics(records, features: str | feats.FeatureConfig,
     return out
 
 
+# -- tf.data service ------------------------------------------------------------------------
+
+#: The dispatcher set with `set_data_service` (``grpc://HOST:PORT``), or None: local.
+_service_address: str | None = None
+#: Seconds `service` waits for the dispatcher's port.
+_service_connect_timeout = 30.0
+
+_SERVICE_ADDRESS = re.compile(r"grpc://(?P<host>\[[0-9A-Fa-f:.]+\]|"
+                              r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})")
+#: Graph ops that call back into the Python interpreter of the process that built them.
+_PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+def parse_service_address(address: str) -> tuple:
+    """Check a tf.data service dispatcher address and split it into host and port.
+
+    Args:
+        address: ``grpc://HOST:PORT``: a host name, an IPv4 address or a bracketed IPv6
+            address (``grpc://[::1]:5050``), and the dispatcher's port (1..65535,
+            ``tf.data.experimental.service.DispatcherConfig(port=...)``).
+
+    Returns:
+        ``(host, port)``, e.g. ``("localhost", 5050)`` (IPv6 without its brackets).
+
+    Raises:
+        ValueError: Anything else: no ``grpc://`` scheme, no port or one out of range, a
+            path, spaces, an empty string or a non-string (the message shows the form).
+    """
+    match = _SERVICE_ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"a tf.data service address is grpc://HOST:PORT with a port in "
+                         f"1..65535, e.g. grpc://localhost:5050; got {address!r}")
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def set_data_service(address: str | None, *, connect_timeout: float = 30.0) -> str | None:
+    """Run the training input pipelines on a tf.data service from now on (``None``: here).
+
+    The recipes call ``data.set_data_service(args.data_service)`` (``--data-service``)
+    once, before they build datasets. Afterwards the training streams of `make_dataset`
+    and `synthetic_dataset` -- built with ``epochs``, or repeating without end -- are
+    sent to the dispatcher through `service` and come back as the same batches; every
+    other dataset (statistics passes, evaluation, `Utterances`) stays in this process.
+    Nothing is contacted here; `service` checks that the dispatcher answers.
+
+    Args:
+        address: ``grpc://HOST:PORT`` of the dispatcher (`parse_service_address`), e.g.
+            ``grpc://localhost:5050``; ``None`` switches the service off (the default:
+            every pipeline is the unchanged local one).
+        connect_timeout: Seconds `service` waits for the dispatcher's port to accept a
+            connection before it raises (TensorFlow itself would retry for an hour).
+
+    Returns:
+        The address set before (``None`` if none), e.g. to restore it afterwards.
+
+    Raises:
+        ValueError: A malformed address, or a ``connect_timeout`` that is not positive;
+            the setting is then left as it was.
+
+    Source: TensorFlow docs, ``tf.data.experimental.service``.
+    """
+    global _service_address, _service_connect_timeout
+    if address is not None:
+        parse_service_address(address)
+    if not connect_timeout > 0:
+        raise ValueError(f"connect_timeout must be positive, got {connect_timeout!r}")
+    previous = _service_address
+    _service_address, _service_connect_timeout = address, float(connect_timeout)
+    return previous
+
+
+def get_data_service() -> str | None:
+    """The dispatcher address set with `set_data_service` (``None``: pipelines run here)."""
+    return _service_address
+
+
+def _python_ops(dataset: tf.data.Dataset) -> list:
+    """The ops of ``dataset``'s definition (functions included) that call into Python."""
+    # The serialised definition a dispatcher would receive; tf.data has no public
+    # accessor for it.
+    serialized = dataset._as_serialized_graph(
+        external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE)
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(serialized.numpy())
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops.update(node.op for node in function.node_def)
+    return sorted(ops & _PYTHON_OPS)
+
+
+def _await_dispatcher(address: str, timeout: float) -> None:
+    """Return once the dispatcher's port accepts a TCP connection; raise after ``timeout``."""
+    host, port = parse_service_address(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=min(max(left, 0.1), 2.0)):
+                return
+        except OSError as error:
+            if left <= 0:
+                raise ConnectionError(
+                    f"no tf.data service dispatcher answers at {address} (waited "
+                    f"{timeout:g} s; {error}): start one (README, 'Scaling out') or run "
+                    "without --data-service") from error
+            time.sleep(min(0.25, max(left, 0.0)))
+
+
+def service(dataset: tf.data.Dataset, name: str) -> tf.data.Dataset:
+    """``dataset`` processed by the tf.data service of `set_data_service` (as is if none).
+
+    The dataset's definition is registered with the dispatcher and read back with
+    ``tf.data.experimental.service.distribute`` in processing mode
+    ``ShardingPolicy.OFF`` (``"parallel_epochs"``): one worker runs the whole pipeline,
+    in the order it runs here, so a seeded deterministic pipeline gives exactly its local
+    elements. Its seeds travel with it: ``shuffle`` and `tf.data.Dataset.random` seeds are
+    constants of the serialised graph, and the per-epoch seeds of ``epochs=`` are Python
+    ints baked in when the pipeline is built. Not ``"distributed_epoch"``
+    (``ShardingPolicy.DYNAMIC``): it hands input splits to whichever worker asks first,
+    so the order would depend on timing, and `make_dataset`'s shards, zipped with their
+    side-file index, would be split apart. Every iteration is its own anonymous job (no
+    ``job_name``: readers of a named job share its elements first come, first served,
+    and a name switches off tf.distribute's auto-sharding).
+
+    Exactly one worker may serve the dispatcher: in mode OFF each worker produces the
+    whole dataset, so with two the trainer would get every element twice. Elements are
+    numbered on the worker and the numbers checked here, so duplicates or reordering fail
+    the iteration (`tf.errors.InvalidArgumentError`) rather than train. The worker still
+    uses every core of its host (the pipelines' parallel maps), and any number of
+    trainers can share one dispatcher and worker, each reading its own job. Iterating
+    waits until a worker has registered with the dispatcher.
+
+    A job re-creates the pipeline from its definition, so a finite dataset that reshuffles
+    on each iteration (``reshuffle_each_iteration=True``) would replay its first order on
+    every later iteration; the builders therefore send only streams that are iterated once
+    (epoch-seeded or endless).
+
+    Args:
+        dataset: A `tf.data.Dataset` without Python code in it.
+        name: What the pipeline is, for messages (e.g. ``"make_dataset"``).
+
+    Returns:
+        A dataset with the same elements, element spec and cardinality (finite or
+        infinite; an unknown one stays unknown).
+
+    Raises:
+        ValueError: The dataset calls Python (`tf.data.Dataset.from_generator`,
+            `tf.py_function`, `tf.numpy_function`): such functions exist only in this
+            process and a remote worker cannot run them. There is deliberately no silent
+            fallback to local processing: build the pipeline from TFRecords or tensors, or
+            keep it out of the service.
+        ConnectionError: Nothing accepts connections at the dispatcher's address within
+            the ``connect_timeout`` of `set_data_service`.
+
+    Source: TensorFlow docs of ``tf.data.experimental.service`` (``distribute``,
+    ``ShardingPolicy``, ``DispatchServer``, ``WorkerServer``).
+    """
+    address = _service_address
+    if address is None:
+        return dataset
+    python = _python_ops(dataset)
+    if python:
+        raise ValueError(
+            f"{name}: this dataset calls Python ({', '.join(python)}: Dataset.from_generator, "
+            "tf.py_function or tf.numpy_function), which a tf.data service worker cannot "
+            "run; build it from TFRecords or tensors, or process it locally (without "
+            "--data-service)")
+    _await_dispatcher(address, _service_connect_timeout)
+    cardinality = int(dataset.cardinality())
+    remote = dataset.enumerate().apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.OFF, service=address))
+    message = (f"{name}: the tf.data service at {address} sent an element out of order or "
+               "twice; in processing mode OFF every worker produces the whole dataset, so "
+               "run exactly one worker per dispatcher")
+
+    def in_order(position, numbered):
+        sent, element = numbered
+        tf.debugging.assert_equal(sent, position, message=message)
+        return element
+
+    ds = remote.enumerate().map(tf.autograph.experimental.do_not_convert(in_order))
+    if cardinality >= 0 or cardinality == tf.data.INFINITE_CARDINALITY:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(cardinality))
+    return ds
+
+
 def make_dataset(records, *, classes: Sequence[str] | None = None,
                  speakers: Iterable[str] | None = None,
                  features: str | feats.FeatureConfig = "eskimez",
@@ -267,7 +462,7 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
                  shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = False,
                  cache: bool = False, drop_remainder: bool = False,
                  keep: Sequence[str] = (), epochs: tuple | None = None,
-                 steps: int | None = None) -> tf.data.Dataset:
+                 steps: int | None = None, data_service: bool = True) -> tf.data.Dataset:
     """A batched dataset of features for one split.
 
     Which records belong to the split, and their labels, come from the shards' side files,
@@ -322,6 +517,12 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
             ``"utterance_id"``, ``"valence"``, ...).
         epochs: ``(first, stop)``: the batches of epochs ``first .. stop - 1``.
         steps: Batches per epoch (a repeated stream is cut to this many per epoch).
+        data_service: When a tf.data service is set (`set_data_service`), run a
+            training stream -- built with ``epochs``, or repeating without ``steps`` --
+            on it up to the batched features (`service`: the same batches); ``False``
+            keeps it here. Other datasets always stay here: a service job re-creates
+            the pipeline on each iteration, so one that reshuffles per iteration would
+            replay its first epoch.
 
     Returns:
         A dataset of dicts: ``features`` ``(batch, frames, feature_dim)`` float32
@@ -332,8 +533,11 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
     Raises:
         FileNotFoundError: No shards, or a shard without its side file.
         ValueError: Bad option values, or statistics that do not match ``features``.
+        ConnectionError: A tf.data service is set and its dispatcher does not answer
+            (`service`).
         tf.errors.InvalidArgumentError: (while iterating) a shard's records do not match
-            its side file.
+            its side file; through a tf.data service, also batches arriving out of order
+            or twice (more than one worker, `service`).
     """
     config = feats.get_preset(features)
     if crop not in ("word", "random", "centre"):
@@ -352,6 +556,11 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
     if vtlp is not None and vtlp not in ("example", "epoch"):
         vtlp = float(vtlp)
     files = record_files(records)
+    remote = data_service and _service_address is not None and (
+        epochs is not None or (repeat and steps is None))
+    if remote:
+        # A worker resolves relative paths against its own working directory.
+        files = [os.path.abspath(f) for f in files]
     if normalise is not None and stats is None:
         if not isinstance(records, str) or not os.path.isdir(records):
             raise ValueError("normalise without stats needs a record folder with stats.json")
@@ -473,6 +682,9 @@ def make_dataset(records, *, classes: Sequence[str] | None = None,
     # skipping its source transformation saves seconds per pipeline.
     ds = ds.map(tf.autograph.experimental.do_not_convert(featurise),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    if remote:
+        # The per-example work (parse, crop, decode, VTLP, features, scaling) ends here.
+        ds = service(ds, "make_dataset")
     if count is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     return ds.prefetch(AUTOTUNE)
@@ -581,7 +793,7 @@ def feature_statistics(dataset: tf.data.Dataset) -> dict:
 def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: int = 0,
                       repeat: bool = False, drop_remainder: bool = False,
                       shuffle_buffer: int = 4096, epochs: tuple | None = None,
-                      steps: int | None = None) -> tf.data.Dataset:
+                      steps: int | None = None, data_service: bool = True) -> tf.data.Dataset:
     """Batches of patches from one synthetic record folder, or several pooled.
 
     Pooling the per-client folders of a federated run gives one training set of the
@@ -610,6 +822,10 @@ def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: i
         shuffle_buffer: Records in the shuffle buffer.
         epochs: ``(first, stop)`` epochs to hold (needs ``steps``).
         steps: Batches per epoch.
+        data_service: When a tf.data service is set (`set_data_service`), run the
+            stream -- with ``epochs``, or ``repeat`` -- on it up to the parsed batches
+            (`service`: the same batches); ``False`` keeps it here. Without ``epochs``
+            or ``repeat`` it always stays here (see `make_dataset`).
 
     Returns:
         A dataset of dicts: ``features`` ``(batch, frames, n_mels)`` float32 and
@@ -622,6 +838,8 @@ def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: i
             ``frames`` or ``n_mels`` differ from the first one's (named in the message).
         FileNotFoundError: A folder without ``synthetic.json``, or with a listed shard
             missing.
+        ConnectionError: A tf.data service is set and its dispatcher does not answer
+            (`service`).
     """
     if isinstance(folders, (str, bytes, os.PathLike)):
         folders = [folders]
@@ -635,6 +853,7 @@ def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: i
         raise ValueError("synthetic_dataset: epochs needs steps (batches per epoch)")
     documents = [patch_records.read_synthetic_metadata(folder) for folder in folders]
     first = documents[0]
+    remote = data_service and _service_address is not None and (epochs is not None or repeat)
     files, total = [], 0
     for folder, document in zip(folders, documents):
         for key in ("classes", "frames", "n_mels"):
@@ -645,7 +864,7 @@ def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: i
             path = os.path.join(folder, shard["name"])
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{folder}: shard {shard['name']} is missing")
-            files.append(path)
+            files.append(os.path.abspath(path) if remote else path)
             total += int(shard["records"])
     frames, n_mels = int(first["frames"]), int(first["n_mels"])
     spec = {"features": tf.io.FixedLenFeature([frames * n_mels], tf.float32),
@@ -678,6 +897,8 @@ def synthetic_dataset(folders, *, batch_size: int, shuffle: bool = True, seed: i
 
     ds = ds.map(tf.autograph.experimental.do_not_convert(parse),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    if remote:
+        ds = service(ds, "synthetic_dataset")
     if epochs is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(steps * max(0, stop - first)))
     elif not repeat:

@@ -282,10 +282,27 @@ def choose_folds(corpus: Corpus, protocol: str, chosen, out: str, **options) -> 
 
 
 def out_dir(args, recipe: str) -> str:
-    """``--out``, or ``runs/<recipe>-<corpus>-<preset>`` (created)."""
+    """``--out``, or ``runs/<recipe>-<corpus>-<preset>`` (created), after making the
+    run's ``--strategy`` current (`keras_ser.distribute.configure`: every model built
+    afterwards is distributed).
+
+    On a multi-worker cluster the chief writes the run folder; every other worker
+    writes its copy of the same results to ``<out>/.workers/<task>`` and restores
+    checkpoints from the chief's (`keras_ser.distribute.worker_folder`).
+
+    Raises:
+        BadInput: A strategy that cannot be made (``multiworker`` without
+            ``TF_CONFIG``, more devices than present, ...).
+    """
+    from keras_ser import distribute
+
+    try:
+        distribute.configure(args)
+    except (ValueError, RuntimeError) as err:
+        raise BadInput(str(err)) from None
     out = args.out or os.path.join("runs", f"{recipe}-{args.corpus or 'smoke'}-{args.preset}")
     os.makedirs(out, exist_ok=True)
-    return out
+    return distribute.worker_folder(out)
 
 
 def write_config(out: str, args, argv, corpus: Corpus, **config) -> dict:

@@ -18,7 +18,8 @@ Method (the paper's Secs. "Data Corpus" and "Experimental Design"; `main` follow
    (`keras_ser.models.dcgan`); the generator, the discriminator, then each task head
    are updated in turn (`keras_ser.training.multitask_gan`).
 4. Hyper-parameters. ``--search``: a KerasTuner random search per model on the first
-   fold's validation speaker; the best values are used on every fold.
+   fold's validation speaker; the best values are used on every fold. ``--tuner-role
+   chief|worker --tuner-address HOST:PORT`` spreads the trials over worker processes.
 5. Training. Validation UA on whole utterances after every epoch; stop after 5 epochs
    without a new best, restore the best epoch (`keras_ser.protocols.multitask_dcgan`).
 6. Results. ``results.json``/``results.md`` (UA of the emotion and of valence and
@@ -43,7 +44,6 @@ from keras_ser.experiment import Metric, Schedule
 from keras_ser.models import dcgan
 from keras_ser.protocols import multitask_dcgan as protocol
 from keras_ser.tasks import CIRCUMPLEX_REFERENCE, TaskSpec
-
 
 #: Schedules per preset (the paper gives no epoch budget; patience 5 is the paper's, the
 #: rest ours); ``smoke`` is the built-in corpus's (it only shows the pipeline runs).
@@ -104,6 +104,7 @@ def export_best(out, summary, results, spec, minmax, corpus):
 def main(argv=None) -> int:
     """Run the recipe; returns the exit status (0; 2 for bad options or data)."""
     args, started = parse_args(argv), time.time()
+    cluster = tuning.cluster_from_args(args, args.search)  # --tuner-role, --tuner-address
     models = experiment.rows_of(args.models, dcgan.MODELS, "models")
     out = experiment.out_dir(args, "multitask_dcgan")
     # 1. Data.
@@ -134,8 +135,10 @@ def main(argv=None) -> int:
     # 4. Hyper-parameters (random search), 3 and 5. models trained fold by fold.
     configs = {m: tuning.search_model(m, base, args.preset, folds[0], corpus.records, data,
                                       os.path.join(out, "search"), settings,
-                                      minmax(folds[0].name), corpus.unlabelled, args.seed)
-               if args.search else base for m in models}
+                                      minmax(folds[0].name), corpus.unlabelled, args.seed,
+                                      cluster) if args.search else base for m in models}
+    if cluster.worker:  # a tuner worker only runs trials: the chief trains the folds
+        return tuning.worker_done(cluster)
     results = experiment.run_folds(out, models, folds, args.seed, lambda m, fold, path, seed:
                                    protocol.train_fold(
                                        m, configs[m], fold, corpus.records, data, path,
@@ -156,10 +159,10 @@ def main(argv=None) -> int:
     gains = experiment.paired_tests(results, models, models[0], "primary_ua")
     summary = experiment.write_results(
         out, title=f"Multitask DCGAN (Chang & Scherer 2017) on {corpus.name}", header=[
-            f"Protocol: {scheme}, {len(folds)} folds; early stopping after {settings.patience}"
-            " epochs without a new best validation UA.",
-            f"Primary task: {primary} ({len(spec.class_names)} classes; chance UA "
-            f"{100 / len(spec.class_names):.1f}%); targets: {targets_text(spec, data)}.",
+            (f"Protocol: {scheme}, {len(folds)} folds; early stopping after "
+             f"{settings.patience} epochs without a new best validation UA."),
+            (f"Primary task: {primary} ({len(spec.class_names)} classes; chance UA "
+             f"{100 / len(spec.class_names):.1f}%); targets: {targets_text(spec, data)}."),
             f"Preset {args.preset}; search: {'random' if args.search else 'off'}; "
             "min-max with " + ("each speaker's own extremes (transductive)."
                                if args.speaker_norm else "the training speakers' extremes.")],

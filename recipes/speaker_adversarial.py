@@ -23,7 +23,8 @@ Method (the paper's Secs. 2-3; `main` follows it):
    eqs. 2-4). SGD, learning rate 1e-3, Nesterov momentum 0.9; every epoch runs and the
    best validation accuracy's epoch is kept (Sec. 3.2). λ, ε and α are not given:
    defaults are ours, ``--search N`` draws them by KerasTuner random search on the
-   first fold. ``--seeds N`` (alias ``--repeats``) trains every row N times per fold (paper: 5).
+   first fold (``--tuner-role chief|worker --tuner-address HOST:PORT``: on many
+   processes). ``--seeds N`` (alias ``--repeats``) trains every row N times per fold (paper: 5).
 6. Results. Validation and test accuracy (Table 2), UA, macro-F1 and the speaker-probe
    accuracy on the unseen speakers' embeddings, mean ± std over folds and repeats; each
    variant against SER_only with a paired Wilcoxon test over folds; a t-SNE per run
@@ -38,7 +39,7 @@ import os
 import sys
 import time
 
-from keras_ser import data, experiment
+from keras_ser import data, experiment, tuning
 from keras_ser.experiment import Metric, Schedule
 from keras_ser.models import xvector
 from keras_ser.protocols import adversarial as protocol
@@ -120,6 +121,7 @@ def header(args, classes, iemocap, scheme, folds, settings, rows) -> list:
 def main(argv=None) -> int:
     """Run the recipe; returns the exit status (0; 2 for bad options or data)."""
     args, started = parse_args(argv), time.time()
+    cluster = tuning.cluster_from_args(args, args.search)  # --tuner-role, --tuner-address
     variants = experiment.rows_of(args.variants, protocol.STRATEGIES, "variants")
     out = experiment.out_dir(args, "speaker_adversarial")
     # 1. Data: IEMOCAP's improvised dialogs, excitement merged into happiness.
@@ -142,7 +144,9 @@ def main(argv=None) -> int:
     for v in variants if args.search else ():
         rows[v], searched[v], _ = protocol.search(
             model, rows[v], folds[0], classes, utterances, bank, os.path.join(out, "search"),
-            args.search, seed=args.seed)
+            args.search, seed=args.seed, cluster=cluster)
+    if cluster.worker:  # a tuner worker only runs trials: the chief trains the folds
+        return tuning.worker_done(cluster)
     experiment.write_config(out, args, argv, corpus, classes=classes, protocol=scheme,
                             folds=[f.name for f in folds], model_config=model,
                             settings=settings, repeats=args.seeds, searched=searched,

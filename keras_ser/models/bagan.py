@@ -54,7 +54,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_ser import io
+from keras_ser import distribute, io
 
 #: Name of the encoder layer whose output the discriminator head reads (flattened
 #: last convolution block).
@@ -220,7 +220,8 @@ def build_baseline_generator(config, name: str = "generator") -> keras.Model:
     z = keras.Input((config.z_dim,), name="z")
     x = layers.Dense(h * w * config.g_widths[0], use_bias=False, name="project")(z)
     x = layers.Reshape((h, w, config.g_widths[0]), name="project_reshape")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="project_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="project_bn",
+                                  synchronized=distribute.synchronized_batch_norm())(x)
     x = layers.ReLU(name="project_relu")(x)
     widths = list(config.g_widths[1:]) + [1]
     for i, width in enumerate(widths):
@@ -229,7 +230,9 @@ def build_baseline_generator(config, name: str = "generator") -> keras.Model:
                                    use_bias=last, activation="tanh" if last else None,
                                    name=f"deconv{i + 1}")(x)
         if not last:
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"deconv{i + 1}_bn")(x)
+            x = layers.BatchNormalization(
+                momentum=BN_MOMENTUM, name=f"deconv{i + 1}_bn",
+                synchronized=distribute.synchronized_batch_norm())(x)
             x = layers.ReLU(name=f"deconv{i + 1}_relu")(x)
     out = layers.Reshape((config.frames, config.n_mels), name="patch")(x)
     return keras.Model(z, out, name=name)
@@ -262,7 +265,9 @@ def build_baseline_encoder(config, name: str = "encoder") -> keras.Model:
         x = layers.Conv2D(width, config.kernel_size, strides=2, padding="same",
                           use_bias=i == 0, name=f"conv{i + 1}")(x)
         if i > 0:
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"conv{i + 1}_bn")(x)
+            x = layers.BatchNormalization(
+                momentum=BN_MOMENTUM, name=f"conv{i + 1}_bn",
+                synchronized=distribute.synchronized_batch_norm())(x)
         x = layers.LeakyReLU(config.leaky_slope, name=f"conv{i + 1}_lrelu")(x)
         x = layers.Dropout(config.dropout, name=f"conv{i + 1}_dropout")(x)
     x = layers.Flatten(name=EMBEDDING)(x)

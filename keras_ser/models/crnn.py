@@ -40,6 +40,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from keras_ser import distribute
+
 #: Variable groups of the layer-wise optimiser and of the gradient-norm logs: a
 #: variable belongs to the first group whose key occurs in its path.
 LAYER_GROUPS = {"conv": "conv_block", "recurrent": "recurrent", "dense": "classifier"}
@@ -130,12 +132,18 @@ class MaskedBatchNorm(layers.Layer):
         return weights
 
     def batch_moments(self, inputs, mask=None):
-        """Mean and variance over the valid frames (``(units,)`` or scalars)."""
+        """Mean and variance over the valid frames (``(units,)`` or scalars) of the
+        global batch: under a `tf.distribute` strategy the sums and counts are added
+        over the replicas (`keras_ser.distribute.all_reduce_sum`), so N replicas
+        normalise with the statistics one replica would use for the whole batch."""
         weights = self._weights_of(inputs, mask) * ops.ones_like(inputs)
         axes = list(range(len(inputs.shape) - (1 if self.statistics == "unit" else 0)))
-        count = ops.maximum(ops.sum(weights, axis=axes), 1.0)
-        mean = ops.sum(inputs * weights, axis=axes) / count
-        variance = ops.sum(ops.square(inputs - mean) * weights, axis=axes) / count
+        count, total = distribute.all_reduce_sum(ops.sum(weights, axis=axes),
+                                                 ops.sum(inputs * weights, axis=axes))
+        count = ops.maximum(count, 1.0)
+        mean = total / count
+        variance = distribute.all_reduce_sum(
+            ops.sum(ops.square(inputs - mean) * weights, axis=axes)) / count
         return mean, variance
 
     def call(self, inputs, mask=None, training=False):
@@ -632,10 +640,18 @@ class CRNN(keras.Model):
         with tf.GradientTape() as tape:
             probs = self(x, training=True)
             total, ce = self._loss(y, probs)
+            scaled = distribute.scale_loss(total)
         variables = self.trainable_variables
-        grads = tape.gradient(total, variables)
+        grads = tape.gradient(scaled, variables)
+        # The logged norms are of the global batch's gradient (summed over replicas).
+        summed = grads
+        if self.grad_trackers and distribute.num_replicas() > 1:
+            present = [g for g in grads if g is not None]
+            reduced = iter(distribute.all_reduce_sum(*present) if len(present) > 1
+                           else [distribute.all_reduce_sum(*present)])
+            summed = [None if g is None else next(reduced) for g in grads]
         for group, tracker in self.grad_trackers.items():
-            parts = [ops.sum(ops.square(g)) for g, v in zip(grads, variables)
+            parts = [ops.sum(ops.square(g)) for g, v in zip(summed, variables)
                      if g is not None and variable_group(v.path) == group]
             if parts:
                 tracker.update_state(ops.sqrt(ops.sum(ops.stack(parts))))

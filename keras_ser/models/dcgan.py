@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 import keras
 from keras import layers, ops
 
+from keras_ser import distribute
 from keras_ser.tasks import DIMENSIONS, RATING_LEVELS
 
 #: Moving-average momentum of batch norm. Keras' 0.99 leaves the inference statistics
@@ -156,7 +157,7 @@ class GANBatchNormalization(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         axes = [i for i in range(len(inputs.shape)) if i != self.axis % len(inputs.shape)]
         x = ops.cast(inputs, "float32")
-        mean, variance = ops.moments(x, axes=axes)
+        mean, variance = ops.moments(x, axes=axes, synchronized=self.synchronized)
         out = ops.batch_normalization(x, mean, variance, axis=self.axis,
                                       offset=self.beta, scale=self.gamma,
                                       epsilon=self.epsilon)
@@ -168,7 +169,8 @@ def _conv_stack(x, config: DCGANConfig):
         x = layers.Conv2D(config.filters * 2 ** i, config.kernel_size, strides=2,
                           padding="same", use_bias=i == 0, name=f"conv{i + 1}")(x)
         if i > 0:
-            x = GANBatchNormalization(momentum=BN_MOMENTUM, name=f"conv{i + 1}_bn")(x)
+            x = GANBatchNormalization(momentum=BN_MOMENTUM, name=f"conv{i + 1}_bn",
+                                      synchronized=distribute.synchronized_batch_norm())(x)
         x = layers.LeakyReLU(config.leaky_slope, name=f"conv{i + 1}_lrelu")(x)
     return x
 
@@ -243,12 +245,15 @@ def build_generator(config, name: str = "generator") -> keras.Model:
     z = keras.Input((config.z_dim,), name="z")
     x = layers.Dense(w * m * top, use_bias=False, name="project")(z)
     x = layers.Reshape((w, m, top), name="project_reshape")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="project_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="project_bn",
+                                  synchronized=distribute.synchronized_batch_norm())(x)
     x = layers.ReLU(name="project_relu")(x)
     for i in range(config.num_conv - 1):
         x = layers.Conv2DTranspose(top // 2 ** (i + 1), config.kernel_size, strides=2,
                                    padding="same", use_bias=False, name=f"deconv{i + 1}")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"deconv{i + 1}_bn")(x)
+        x = layers.BatchNormalization(
+            momentum=BN_MOMENTUM, name=f"deconv{i + 1}_bn",
+            synchronized=distribute.synchronized_batch_norm())(x)
         x = layers.ReLU(name=f"deconv{i + 1}_relu")(x)
     x = layers.Conv2DTranspose(1, config.kernel_size, strides=2, padding="same",
                                activation="tanh", name=f"deconv{config.num_conv}")(x)

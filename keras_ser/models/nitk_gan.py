@@ -59,6 +59,8 @@ import dataclasses
 import keras
 from keras import layers
 
+from keras_ser import distribute
+
 #: PyTorch's BatchNorm2d defaults expressed in Keras terms (momentum 0.1 -> 0.9).
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 
@@ -146,6 +148,7 @@ def _init(config: NITKGANConfig, seed=None):
 def _batch_norm(config: NITKGANConfig, name: str):
     return layers.BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+        synchronized=distribute.synchronized_batch_norm(),
         gamma_initializer=keras.initializers.RandomNormal(1.0, config.init_std))
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from keras_ser import distribute
 from keras_ser.models.crnn import MaskedBatchNorm, length_mask
 
 STRATEGIES = ("ser_only", "mtl", "dat", "cgt")
@@ -615,7 +616,8 @@ class ClassifierHead(layers.Layer):
         for i, units in enumerate(self.hidden):
             self.dense.append(layers.Dense(units, name=f"hidden_{i}"))
             self.norms.append(layers.BatchNormalization(
-                momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"hidden_{i}_bn")
+                momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"hidden_{i}_bn",
+                synchronized=distribute.synchronized_batch_norm())
                 if self.batch_norm else None)
             self.dropouts.append(layers.Dropout(self.dropout, name=f"hidden_{i}_dropout")
                                  if self.dropout else None)
@@ -889,7 +891,8 @@ class SpeakerAdversarialSER(keras.Model):
             total = out["loss"]
             if self.losses:
                 total = total + ops.sum(self.losses)
-        grads = tape.gradient(total, variables)
+            scaled = distribute.scale_loss(total)
+        grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         return self._update(out, labels)
 

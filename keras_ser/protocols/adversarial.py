@@ -544,27 +544,37 @@ class AdversarialHyperModel(kt.HyperModel):
 
 
 def search(model_config, base: TrainConfig, fold, classes, utterances, bank, directory: str,
-           max_trials: int, seed: int = 0) -> tuple:
-    """KerasTuner random search of a strategy's open values on one fold (resumable).
+           max_trials: int, seed: int = 0, cluster=None) -> tuple:
+    """KerasTuner random search of a strategy's open values on one fold (resumable;
+    local or distributed: `keras_ser.tuning.run_search`).
 
-    Writes ``<directory>/<strategy>/best.json``.
+    Writes ``<directory>/<strategy>/best.json`` (not on a tuner worker).
+
+    Args:
+        cluster: `keras_ser.tuning.TunerCluster` of a distributed search (None: local).
 
     Returns:
         ``(TrainConfig with the best values, best hyper-parameters, best validation
-        accuracy)``; strategies without open values return ``(base, {}, None)``.
+        accuracy)``; strategies without open values, and a tuner worker (the chief
+        keeps the result), return ``(base, {}, None)``.
+
+    Raises:
+        RuntimeError, TimeoutError, ValueError: `keras_ser.tuning.run_search`'s.
     """
+    from keras_ser import tuning
+
     if base.strategy in ("ser_only", "mtl"):
         return base, {}, None
     hyper = AdversarialHyperModel(model_config, base, fold, classes, utterances, bank,
                                   os.path.join(directory, "trials", base.strategy))
-    tuner = kt.RandomSearch(hyper, objective=kt.Objective(OBJECTIVE, direction="max"),
-                            max_trials=max_trials, seed=seed, directory=directory,
-                            project_name=base.strategy, overwrite=False)
-    tuner.search()
-    best = tuner.oracle.get_best_trials(1)[0]
+    oracle = tuning.run_search(hyper, OBJECTIVE, directory, base.strategy, max_trials, seed,
+                               cluster)
+    if oracle is None:
+        return base, {}, None
+    best = oracle.get_best_trials(1)[0]
     config = tuned_config(best.hyperparameters, base)
     io.write_json(os.path.join(directory, base.strategy, "best.json"), {
         "strategy": base.strategy, "hyperparameters": best.hyperparameters.values,
         "config": config.to_dict(), OBJECTIVE: best.score,
-        "trials": len(tuner.oracle.trials), "search_fold": fold.name})
+        "trials": len(oracle.trials), "search_fold": fold.name})
     return config, best.hyperparameters.values, best.score

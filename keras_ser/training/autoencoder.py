@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_ser import distribute
 from keras_ser.models import sngan
 from keras_ser.training.base import EncoderDecoderTrainer
 
@@ -68,7 +69,8 @@ class AutoencoderTrainer(EncoderDecoderTrainer):
         variables = self._ae_variables()
         with tf.GradientTape() as tape:
             loss = self.l1(x, training=True)
-        grads = tape.gradient(loss, variables)
+            scaled = distribute.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}

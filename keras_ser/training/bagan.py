@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_ser import distribute
 from keras_ser.models import bagan
 from keras_ser.training.base import EncoderDecoderTrainer, GANTrainer
 
@@ -99,7 +100,8 @@ class BaselineAutoencoderTrainer(EncoderDecoderTrainer):
         variables = self._ae_variables()
         with tf.GradientTape() as tape:
             loss = self._loss(data["features"], training=True)
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+            scaled = distribute.scale_loss(loss)
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -214,15 +216,16 @@ class BaselineGANTrainer(GANTrainer):
     def sample_latent(self, labels):
         """In-graph draws ``z = mu_c + L_c e``, e ~ N(0, I): ``(n,)`` int -> ``(n, N_z)``."""
         labels = ops.cast(labels, "int32")
-        noise = keras.random.normal((ops.shape(labels)[0], self.z_dim),
-                                    seed=self.seed_generator)
+        noise = distribute.replica_draw(keras.random.normal, (ops.shape(labels)[0], self.z_dim),
+                                        seed=self.seed_generator)
         means = ops.take(self.latent_means, labels, axis=0)
         factors = ops.take(self.latent_cholesky, labels, axis=0)
         return means + ops.einsum("nij,nj->ni", factors, noise)
 
     def _fake_labels(self, n):
-        return keras.random.randint((n,), 0, self.n_classes, seed=self.seed_generator,
-                                    dtype="int32")
+        return distribute.replica_draw(keras.random.randint, (n,), minval=0,
+                                       maxval=self.n_classes, seed=self.seed_generator,
+                                       dtype="int32")
 
     def _discriminator_terms(self, real, labels, training):
         """D and G losses of one batch; G runs in training mode only when ``training``."""
@@ -268,11 +271,13 @@ class BaselineGANTrainer(GANTrainer):
         d_vars = self.discriminator.trainable_weights
         with tf.GradientTape() as tape:
             d_loss, real_acc, fake_acc = self._discriminator_terms(real, labels, training=True)
-        self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
+            scaled = distribute.scale_loss(d_loss)
+        self.d_optimizer.apply(tape.gradient(scaled, d_vars), d_vars)
         g_vars = self.generator.trainable_weights
         with tf.GradientTape() as tape:
             g_loss = self._generator_loss(ops.shape(real)[0], training=True)
-        self.g_optimizer.apply(tape.gradient(g_loss, g_vars), g_vars)
+            scaled = distribute.scale_loss(g_loss)
+        self.g_optimizer.apply(tape.gradient(scaled, g_vars), g_vars)
         return self._record(d_loss, g_loss, real_acc, fake_acc)
 
     def test_step(self, data):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_ser import distribute
 from keras_ser.models import nitk_gan
 from keras_ser.training.base import GANTrainer
 from keras_ser.training.resumable import PersistentEarlyStopping
@@ -96,20 +97,22 @@ class BCEGANTrainer(GANTrainer):
 
         real = data
         batch = ops.shape(real)[0]
-        z = keras.random.normal((batch, self.n_z), seed=self.noise)
+        z = distribute.replica_draw(keras.random.normal, (batch, self.n_z), seed=self.noise)
         fake = self.generator(z, training=True)
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             on_real = self.discriminator(real, training=True)
             on_fake = self.discriminator(tf.stop_gradient(fake), training=True)
             d_loss = self._bce(1.0, on_real) + self._bce(0.0, on_fake)
-        self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
+            scaled = distribute.scale_loss(d_loss)
+        self.d_optimizer.apply(tape.gradient(scaled, d_vars), d_vars)
         g_vars = self.generator.trainable_variables
-        z = keras.random.normal((batch, self.n_z), seed=self.noise)
+        z = distribute.replica_draw(keras.random.normal, (batch, self.n_z), seed=self.noise)
         with tf.GradientTape() as tape:
             g_loss = self._bce(1.0, self.discriminator(self.generator(z, training=True),
                                                        training=True))
-        self.g_optimizer.apply(tape.gradient(g_loss, g_vars), g_vars)
+            scaled = distribute.scale_loss(g_loss)
+        self.g_optimizer.apply(tape.gradient(scaled, g_vars), g_vars)
         for key, value in (("d_loss", d_loss), ("g_loss", g_loss),
                            ("d_real", ops.mean(on_real)), ("d_fake", ops.mean(on_fake))):
             self.trackers[key].update_state(value)

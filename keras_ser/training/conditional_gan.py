@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_ser import distribute
 from keras_ser.models import sngan
 from keras_ser.training.base import GANTrainer
 
@@ -80,9 +81,11 @@ class ConditionalGANTrainer(GANTrainer):
         return list(self.trackers.values())
 
     def _conditioned_noise(self, batch):
-        z = keras.random.normal((batch, self.config.z_dim), seed=self.seed_generator)
-        labels = keras.random.randint((batch,), 0, self.config.n_classes,
-                                      seed=self.seed_generator)
+        z = distribute.replica_draw(keras.random.normal, (batch, self.config.z_dim),
+                                    seed=self.seed_generator)
+        labels = distribute.replica_draw(keras.random.randint, (batch,), minval=0,
+                                         maxval=self.config.n_classes,
+                                         seed=self.seed_generator)
         return z, ops.one_hot(labels, self.config.n_classes), labels
 
     def _step(self, data, training: bool):
@@ -96,8 +99,9 @@ class ConditionalGANTrainer(GANTrainer):
             p_fake = self.discriminator(fake, training=training)
             real_loss = _ce(labels, p_real)
             d_loss = real_loss + _ce(fake_class, p_fake)
+            scaled = distribute.scale_loss(d_loss)
         if training:
-            grads = tape.gradient(d_loss, self.discriminator.trainable_variables)
+            grads = tape.gradient(scaled, self.discriminator.trainable_variables)
             self.d_optimizer.apply_gradients(
                 zip(grads, self.discriminator.trainable_variables))
         z, cond, wanted = self._conditioned_noise(batch)
@@ -105,8 +109,9 @@ class ConditionalGANTrainer(GANTrainer):
             fake = self.generator([z, cond], training=training)
             p_gen = self.discriminator(fake, training=False)
             g_loss = _ce(wanted, p_gen)
+            scaled = distribute.scale_loss(g_loss)
         if training:
-            grads = tape.gradient(g_loss, self.generator.trainable_variables)
+            grads = tape.gradient(scaled, self.generator.trainable_variables)
             self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
         real_acc = ops.mean(ops.cast(ops.argmax(p_real, axis=-1) == labels, "float32"))
         g_acc = ops.mean(ops.cast(ops.argmax(p_gen, axis=-1) == wanted, "float32"))

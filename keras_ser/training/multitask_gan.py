@@ -37,6 +37,7 @@ from typing import Optional
 import keras
 from keras import ops
 
+from keras_ser import distribute
 from keras_ser.models import dcgan
 from keras_ser.training.base import Trainer
 
@@ -178,15 +179,24 @@ class MultitaskGANTrainer(Trainer):
         return self.discriminator(features, training=training)[self.primary]
 
     def _noise(self, batch):
-        return keras.random.normal((batch, self.z_dim), seed=self.seed_generator)
+        return distribute.replica_draw(keras.random.normal, (batch, self.z_dim),
+                                       seed=self.seed_generator)
 
     def _apply(self, path, tape, loss):
+        """One optimiser update of ``path``'s variables; ``loss`` is this replica's
+        share of the global batch's loss (`keras_ser.distribute`)."""
         variables = self._variables_by_path[path]
         grads = tape.gradient(loss, variables)
         self._optimizers()[path].apply(grads, variables)
 
     def _task_loss(self, task, probs, target):
-        """Mean cross-entropy over examples with a target; accuracy of the argmax."""
+        """Mean cross-entropy over the examples with a target, of all replicas.
+
+        Returns:
+            ``(share, loss, accuracy)``: this replica's share of the loss (its
+            gradients summed over the replicas are the global mean's), the global mean
+            cross-entropy and the argmax accuracy over the labelled examples.
+        """
         eps = keras.config.epsilon()
         if task in self.categorical:
             classes = ops.shape(probs)[-1]
@@ -196,10 +206,11 @@ class MultitaskGANTrainer(Trainer):
             valid = ops.cast(ops.all(ops.isfinite(target), axis=-1), "float32")
             dist = ops.where(ops.isfinite(target), target, 0.0)
         ce = -ops.sum(dist * ops.log(ops.clip(probs, eps, 1.0)), axis=-1)
-        count = ops.maximum(ops.sum(valid), 1.0)
-        loss = ops.sum(ce * valid) / count
+        count = ops.sum(valid)
+        share, loss = distribute.global_mean(ops.sum(ce * valid), count)
         hit = ops.cast(ops.argmax(probs, -1) == ops.argmax(dist, -1), "float32")
-        return loss, ops.sum(hit * valid) / count
+        _, accuracy = distribute.global_mean(ops.sum(hit * valid), count)
+        return share, loss, accuracy
 
     def train_step(self, data):
         """Generator, discriminator, then one update per task head, in turn.
@@ -230,7 +241,8 @@ class MultitaskGANTrainer(Trainer):
                 dcgan.freeze_moving_statistics(self.discriminator, False)
                 g_loss = ops.mean(keras.losses.binary_crossentropy(
                     ops.ones_like(d_gen), d_gen, from_logits=True))
-            self._apply("g", tape, g_loss)
+                g_share = distribute.scale_loss(g_loss)
+            self._apply("g", tape, g_share)
             with tf.GradientTape() as tape:
                 fake = self.generator(self._noise(batch), training=True)
                 d_real = self.discriminator(real, training=True)["real"]
@@ -241,15 +253,16 @@ class MultitaskGANTrainer(Trainer):
                     ops.ones_like(d_real), d_real, from_logits=True)) +
                     ops.mean(keras.losses.binary_crossentropy(
                         ops.zeros_like(d_fake), d_fake, from_logits=True)))
-            self._apply("d", tape, d_loss)
+                d_share = distribute.scale_loss(d_loss)
+            self._apply("d", tape, d_share)
             logs.update(d_loss=d_loss, g_loss=g_loss,
                         d_real=ops.mean(ops.sigmoid(d_real)),
                         d_fake=ops.mean(ops.sigmoid(d_fake)))
         for task in self.tasks:
             with tf.GradientTape() as tape:
                 probs = self.discriminator(x, training=True)[task]
-                loss, acc = self._task_loss(task, probs, data[task])
-            self._apply(task, tape, loss)
+                share, loss, acc = self._task_loss(task, probs, data[task])
+            self._apply(task, tape, share)
             logs[f"{task}_loss"], logs[f"{task}_acc"] = loss, acc
         for name, value in logs.items():
             self._trackers[name].update_state(value)
@@ -259,7 +272,7 @@ class MultitaskGANTrainer(Trainer):
         """Task losses and argmax accuracies of a batch of labelled crops (no GAN terms)."""
         outputs = self.discriminator(data["features"], training=False)
         for task in self.tasks:
-            loss, acc = self._task_loss(task, outputs[task], data[task])
+            _, loss, acc = self._task_loss(task, outputs[task], data[task])
             self._trackers[f"{task}_loss"].update_state(loss)
             self._trackers[f"{task}_acc"].update_state(acc)
         return {m.name: m.result() for m in self.metrics

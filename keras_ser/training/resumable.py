@@ -20,6 +20,13 @@ the CRNN) is trained by a single ``fit`` call wrapped here, with these callbacks
 * `DivergenceGuard`, a `keras.callbacks.TerminateOnNaN` that raises `DivergenceError`
   naming the stage, the loss, the step and the last good checkpoint.
 
+Under a `tf.distribute` strategy (`keras_ser.distribute`, ``--strategy``) the trainer
+is built in the strategy's scope and ``fit`` splits every global batch across the
+replicas; under `tf.distribute.MultiWorkerMirroredStrategy`, whose Keras ``fit`` is broken
+in Keras 3.15 (keras-team/keras#20585), `keras_ser.distribute.custom_fit` runs the same
+``train_step`` with the same callbacks. Only the chief keeps checkpoints; the other
+workers restore from the chief's folder.
+
 The training data must be a function of the first epoch to train: ``data(first_epoch)``
 returns the batches of epochs ``first_epoch .. epochs - 1`` in one dataset, each epoch's
 crops, warps and order drawn from seeds derived from ``(seed, epoch)``
@@ -36,7 +43,7 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from keras_ser import io, seeds
+from keras_ser import distribute, io, seeds
 
 STATE = "state.json"
 
@@ -152,9 +159,11 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
                  stage: str = "training"):
         super().__init__(directory, save_freq="epoch", delete_checkpoint=False)
         self.directory = directory
+        # A non-chief worker restores from the chief's checkpoint (`distribute.chief_path`).
+        self.source = distribute.chief_path(directory)
         self.early_stopping = early_stopping
         self.stage = stage
-        self.state = read_state(directory) or {
+        self.state = read_state(self.source) or {
             "epochs_done": 0, "history": [], "last": None, "best": None,
             "early_stopping": None, "stopped": False}
         if early_stopping is not None and self.state["early_stopping"] is not None:
@@ -174,9 +183,9 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:
-            model.load_weights(os.path.join(self.directory, name))
+            model.load_weights(os.path.join(self.source, name))
         except (KeyError, ValueError, OSError) as err:
-            raise ValueError(f"checkpoint in {self.directory} does not match this model "
+            raise ValueError(f"checkpoint in {self.source} does not match this model "
                              f"({err}); remove the folder to start '{self.stage}' over") from err
 
     def restore(self, model) -> int:
@@ -197,7 +206,7 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
         """
         name = self.state["best"] or self.state["last"]
         if name is None:
-            raise FileNotFoundError(f"{self.directory}: no finished epoch to restore")
+            raise FileNotFoundError(f"{self.source}: no finished epoch to restore")
         self._load(model, name)
 
     def _load_model(self):
@@ -211,7 +220,13 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         epoch = self._current_epoch
         name = f"epoch-{epoch:04d}.weights.h5"
-        io.save_weights(self.model, os.path.join(self.directory, name))
+        # Every worker saves (reading distributed variables may be collective); only the
+        # chief's copy is kept (`distribute.ScratchFolder`).
+        with distribute.ScratchFolder(self.directory) as folder:
+            self._write(folder, name, epoch)
+
+    def _write(self, folder, name, epoch):
+        io.save_weights(self.model, os.path.join(folder, name))
         state = dict(self.state)
         state["history"] = list(state["history"]) + [getattr(self, "_logs", {})]
         state["epochs_done"], state["last"] = epoch, name
@@ -220,12 +235,12 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
                 state["best"] = name
             state["early_stopping"] = self.early_stopping.get_state()
             state["stopped"] = bool(self.model.stop_training)
-        io.write_json(os.path.join(self.directory, STATE), state)
+        io.write_json(os.path.join(folder, STATE), state)
         self.state = state
         keep = {state["last"], state["best"]}
-        for old in os.listdir(self.directory):
+        for old in os.listdir(folder):
             if old.endswith(".weights.h5") and old not in keep:
-                os.remove(os.path.join(self.directory, old))
+                os.remove(os.path.join(folder, old))
 
     def on_train_end(self, logs=None):
         """Keep the checkpoint: it tells a later run that this stage is done."""
@@ -352,7 +367,7 @@ def fit_resumable(trainer: keras.Model, data: Callable[[int], object], *, direct
     if done >= epochs or checkpoint.stopped:
         if done:
             checkpoint.restore_best(trainer)
-        print(f"[{stage}] finished earlier ({done} epochs); checkpoint {directory}")
+        print(f"[{stage}] finished earlier ({done} epochs); checkpoint {checkpoint.source}")
         return checkpoint.state
     if done:
         print(f"[{stage}] resuming after epoch {done} of {epochs}")
@@ -367,9 +382,14 @@ def fit_resumable(trainer: keras.Model, data: Callable[[int], object], *, direct
     if isinstance(dataset, tuple):
         dataset, steps_per_epoch = dataset
     try:
-        trainer.fit(dataset, epochs=epochs, initial_epoch=done,
-                    steps_per_epoch=steps_per_epoch, callbacks=every, verbose=verbose,
-                    shuffle=False)
+        if distribute.is_multiworker(trainer.distribute_strategy):
+            distribute.custom_fit(trainer, dataset, epochs=epochs, initial_epoch=done,
+                                  steps_per_epoch=steps_per_epoch, callbacks=every,
+                                  verbose=verbose)
+        else:
+            trainer.fit(dataset, epochs=epochs, initial_epoch=done,
+                        steps_per_epoch=steps_per_epoch, callbacks=every, verbose=verbose,
+                        shuffle=False)
     finally:
         trainer._initial_epoch = None
     checkpoint.restore_best(trainer)

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_ser import distribute
 from keras_ser.models import sngan
 from keras_ser.training.base import GANTrainer
 
@@ -98,7 +99,8 @@ class WGANGPTrainer(GANTrainer):
         return list(self.trackers.values())
 
     def _noise(self, batch):
-        z = keras.random.normal((batch, self.config.z_dim), seed=self.seed_generator)
+        z = distribute.replica_draw(keras.random.normal, (batch, self.config.z_dim),
+                                    seed=self.seed_generator)
         return z, ops.zeros((batch, self.config.n_classes), "float32")
 
     def critic_loss(self, real, training: bool = True):
@@ -107,7 +109,7 @@ class WGANGPTrainer(GANTrainer):
         fake = self.generator(self._noise(batch), training=True)
         real_score = _f32(self.critic(real, training=training))
         fake_score = _f32(self.critic(fake, training=training))
-        eps = keras.random.uniform((batch,), seed=self.seed_generator)
+        eps = distribute.replica_draw(keras.random.uniform, (batch,), seed=self.seed_generator)
         gp = gradient_penalty(self.critic, real, fake, eps, training=training)
         w = ops.mean(real_score) - ops.mean(fake_score)
         return -w + self.config.gp_weight * gp, gp, w
@@ -119,13 +121,15 @@ class WGANGPTrainer(GANTrainer):
         for _ in range(self.n_critic):
             with tf.GradientTape() as tape:
                 d_loss, gp, w = self.critic_loss(real)
-            grads = tape.gradient(d_loss, self.critic.trainable_variables)
+                scaled = distribute.scale_loss(d_loss)
+            grads = tape.gradient(scaled, self.critic.trainable_variables)
             self.d_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
         batch = ops.shape(real)[0]
         with tf.GradientTape() as tape:
             fake = self.generator(self._noise(batch), training=True)
             g_loss = -ops.mean(_f32(self.critic(fake, training=False)))
-        grads = tape.gradient(g_loss, self.generator.trainable_variables)
+            scaled = distribute.scale_loss(g_loss)
+        grads = tape.gradient(scaled, self.generator.trainable_variables)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
         for key, value in (("d_loss", d_loss), ("g_loss", g_loss), ("gp", gp),
                            ("w_distance", w)):
