@@ -36,9 +36,10 @@ import os
 import sys
 import time
 
+from machine import describe  # benchmarks/machine.py, beside this script
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 TRAINERS = ("multitask", "wgan_gp", "crnn")
 
@@ -158,8 +159,6 @@ def main(argv=None) -> int:
 
     import keras
     import tensorflow as tf
-
-    from machine import describe
 
     print(describe())
     strategy, devices = strategies()

@@ -29,23 +29,9 @@ import statistics
 import sys
 import time
 
+from machine import describe  # benchmarks/machine.py, beside this script
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def cpu_flags() -> str:
-    """The CPU model and the vector flags TensorFlow's kernels use, from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        return "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
-              if f in flags]
-    return f"{model}; {os.cpu_count()} cores; flags: {' '.join(wanted) or 'none of interest'}"
 
 
 def main(argv=None) -> int:
@@ -63,7 +49,7 @@ def main(argv=None) -> int:
     from keras_ser.models import transfer
     from keras_ser.protocols import transfer as protocol
 
-    print(cpu_flags())
+    print(describe())
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.images, 224, 224, 1)).astype(np.float32)
     labels = rng.integers(0, 7, args.images)
@@ -98,7 +84,7 @@ def main(argv=None) -> int:
               f"{one_off:>16.2f}", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"cpu": cpu_flags(), "preset": args.preset, "images": args.images,
+            json.dump({"cpu": describe(), "preset": args.preset, "images": args.images,
                        "rows": rows}, f, indent=1)
     return 0
 

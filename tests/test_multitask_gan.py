@@ -144,11 +144,12 @@ def test_fuzzy_cross_entropy_matches_hand_computation_and_skips_unrated_rows():
     probs = tf.constant([[0.1, 0.1, 0.2, 0.3, 0.3], [0.2, 0.2, 0.2, 0.2, 0.2],
                          [0.5, 0.1, 0.1, 0.1, 0.2]])
     target = tf.constant([[0, 0, 0, .5, .5], [0, 0, 1, 0, 0], [np.nan] * 5], tf.float32)
-    loss, acc = trainer._task_loss("valence", probs, target)
+    share, loss, acc = trainer._task_loss("valence", probs, target)
+    assert float(share) == float(loss)  # one replica: its share is the whole mean
     expected = (-(0.5 * np.log(0.3) + 0.5 * np.log(0.3)) - np.log(0.2)) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert float(acc) == pytest.approx(0.5)  # row 1: argmax 3 == 3; row 2: 0 != 2
-    cat_loss, _ = trainer._task_loss("emotion", tf.constant([[0.7, 0.2, 0.1]]),
+    _, cat_loss, _ = trainer._task_loss("emotion", tf.constant([[0.7, 0.2, 0.1]]),
                                      tf.constant([1]))
     assert float(cat_loss) == pytest.approx(-np.log(0.2), rel=1e-5)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Optional
 
 from tfrecords_tools.folder import map_label, path_id
 from tfrecords_tools.reader import Reader, register
@@ -127,7 +126,7 @@ class CsvReader(Reader):
                         seen[item.utterance_id] = rows.line_num
                 yield item
 
-    def _row(self, cells: dict, base: str, label_column: Optional[str], where: str,
+    def _row(self, cells: dict, base: str, label_column: str | None, where: str,
              csv_path: str):
         if not cells["path"]:
             return Skipped(csv_path, f"{where}: empty path")

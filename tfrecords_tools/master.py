@@ -253,7 +253,8 @@ def _write_shard(path: str, meta_path: str, entries: list) -> dict:
 def convert_master(src_dir: str, out_dir: str, *, keep_boredom: bool = False,
                    include_song: bool = False, shard_size: int = 256,
                    sample_rate: int = SAMPLE_RATE, max_skipped: int | None = None,
-                   overwrite: bool = False, progress: bool = True) -> MasterReport:
+                   overwrite: bool = False, progress: bool = True,
+                   workers: int = 1) -> MasterReport:
     """Convert the corpora of ``src_dir`` and merge them into the master dataset.
 
     Source: NITK report Sec. 5.1 (the corpora, seven emotions, calm as neutral, speech
@@ -279,6 +280,8 @@ def convert_master(src_dir: str, out_dir: str, *, keep_boredom: bool = False,
         overwrite: Replace a different earlier conversion in ``out_dir`` (and in its
             ``corpora`` folders) instead of failing.
         progress: Show tqdm progress bars (per corpus, then the merge).
+        workers: Processes converting each corpus (``0``: one per CPU core; see
+            `tfrecords_tools.writer.convert`); the merge runs in this process.
 
     Returns:
         A `MasterReport`. Its ``stats`` (also ``out_dir/stats.json``) has the keys of
@@ -299,7 +302,7 @@ def convert_master(src_dir: str, out_dir: str, *, keep_boredom: bool = False,
         FileNotFoundError: ``src_dir`` is not a folder, or a corpus folder is not
             that corpus (from its reader; the message names the path).
         ValueError: An unknown sub-folder or none (see `find_corpora`), a corpus with
-            no utterance, or no record with a master label.
+            no utterance, no record with a master label, or a negative ``workers``.
         tfrecords_tools.writer.PlanMismatch: ``out_dir`` (or one of its ``corpora``
             folders) holds a different conversion and ``overwrite`` is false.
         tfrecords_tools.writer.TooManySkipped: See ``max_skipped``.
@@ -321,7 +324,7 @@ def convert_master(src_dir: str, out_dir: str, *, keep_boredom: bool = False,
         report = writer.convert(get_reader(name, **options), folder,
                                 os.path.join(out_dir, "corpora", name),
                                 shard_size=shard_size, sample_rate=sample_rate,
-                                overwrite=overwrite, progress=progress)
+                                overwrite=overwrite, progress=progress, workers=workers)
         kept, dropped = _entries(name, report.out_dir, keep_boredom)
         summary = _counts([e.meta for e in kept], len(report.skipped),
                           stats.FeatureMoments(0), name)

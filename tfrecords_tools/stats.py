@@ -82,7 +82,7 @@ class FeatureMoments:
         self.min = np.minimum(self.min, frames.min(axis=0))
         self.max = np.maximum(self.max, frames.max(axis=0))
 
-    def merge(self, other: "FeatureMoments") -> None:
+    def merge(self, other: FeatureMoments) -> None:
         """Add another accumulator's values into this one."""
         self.count += other.count
         self.sum += other.sum
@@ -96,7 +96,7 @@ class FeatureMoments:
                 "min": self.min.tolist(), "max": self.max.tolist()}
 
     @classmethod
-    def from_json(cls, state: dict) -> "FeatureMoments":
+    def from_json(cls, state: dict) -> FeatureMoments:
         """Inverse of `to_json`."""
         out = cls(len(state["sum"]))
         out.count = state["count"]
@@ -126,12 +126,81 @@ class FeatureMoments:
         }
 
 
-def corpus_stats(records: list, moments: FeatureMoments, skipped: int, corpus: str) -> dict:
+#: The record fields `CorpusCounts` counts, each under its own key of ``stats.json``.
+COUNTED_FIELDS = ("emotion", "speaker", "session", "gender")
+
+
+class CorpusCounts:
+    """The counts and hours of ``stats.json``, accumulated one record at a time.
+
+    Only counters (one entry per distinct label, speaker, session and gender) are kept,
+    never the records, so memory does not grow with the number of records. Durations
+    are added in the order the records arrive; the converter feeds them in shard order,
+    so every way of writing the same shards (one process, sliced jobs, workers) gives
+    the same float.
+
+    Attributes:
+        records: Records added.
+        seconds: Their total duration, seconds.
+    """
+
+    def __init__(self):
+        self.records = 0
+        self.seconds = 0
+        self._counts = {key: collections.Counter() for key in COUNTED_FIELDS}
+        self._speakers = {}
+
+    def add(self, record: dict) -> None:
+        """Count one record's metadata.
+
+        Args:
+            record: Dict with ``speaker``, ``session``, ``gender``, ``emotion`` and
+                ``duration_s`` (seconds), as in a shard's side file.
+
+        Raises:
+            KeyError: One of those keys is missing.
+        """
+        self.records += 1
+        self.seconds += record["duration_s"]
+        for key in COUNTED_FIELDS:
+            self._counts[key][record[key]] += 1
+        entry = self._speakers.setdefault(record["speaker"], {
+            "session": record["session"], "gender": record["gender"], "records": 0,
+            "emotion": {}})
+        entry["records"] += 1
+        entry["emotion"][record["emotion"]] = entry["emotion"].get(record["emotion"], 0) + 1
+
+    def document(self, moments: FeatureMoments, skipped: int, corpus: str) -> dict:
+        """The ``stats.json`` document of the records added so far.
+
+        Args:
+            moments: Log-mel accumulator over the same records.
+            skipped: Number of skipped source files.
+            corpus: Corpus name.
+
+        Returns:
+            Dict with ``corpus``, ``records``, ``hours``, ``skipped``, counts per
+            ``emotion`` / ``speaker`` / ``session`` / ``gender`` (sorted by key),
+            ``speakers`` (speaker -> session and gender of its first record, record
+            count, per-emotion counts) and ``logmel`` (`FeatureMoments.summary`, or
+            ``None`` when no frame was accumulated).
+        """
+        document = {"corpus": corpus, "records": self.records,
+                    "hours": self.seconds / 3600.0, "skipped": skipped}
+        for key in COUNTED_FIELDS:
+            document[key] = dict(sorted(self._counts[key].items()))
+        document["speakers"] = {name: {**entry, "emotion": dict(entry["emotion"])}
+                                for name, entry in sorted(self._speakers.items())}
+        document["logmel"] = moments.summary(DEFAULT_LOGMEL) if moments.count else None
+        return document
+
+
+def corpus_stats(records, moments: FeatureMoments, skipped: int, corpus: str) -> dict:
     """Aggregate per-record metadata into the ``stats.json`` document.
 
     Args:
-        records: One dict per written record with ``speaker``, ``session``, ``gender``,
-            ``emotion`` and ``duration_s``.
+        records: Iterable (a list or a one-pass generator) of dicts with ``speaker``,
+            ``session``, ``gender``, ``emotion`` and ``duration_s``, one per written record.
         moments: Log-mel accumulator over all records.
         skipped: Number of skipped source files.
         corpus: Corpus name.
@@ -139,26 +208,10 @@ def corpus_stats(records: list, moments: FeatureMoments, skipped: int, corpus: s
     Returns:
         Dict with ``records``, ``hours``, counts per ``emotion`` / ``speaker`` /
         ``session`` / ``gender``, ``speakers`` (speaker -> session, gender, count,
-        per-emotion counts), ``skipped`` and ``logmel`` (see `FeatureMoments.summary`).
+        per-emotion counts), ``skipped`` and ``logmel`` (see `FeatureMoments.summary`);
+        see `CorpusCounts.document`.
     """
-    def count(key):
-        return dict(sorted(collections.Counter(r[key] for r in records).items()))
-
-    speakers = {}
-    for r in records:
-        entry = speakers.setdefault(r["speaker"], {"session": r["session"], "gender": r["gender"],
-                                                   "records": 0, "emotion": {}})
-        entry["records"] += 1
-        entry["emotion"][r["emotion"]] = entry["emotion"].get(r["emotion"], 0) + 1
-    return {
-        "corpus": corpus,
-        "records": len(records),
-        "hours": sum(r["duration_s"] for r in records) / 3600.0,
-        "skipped": skipped,
-        "emotion": count("emotion"),
-        "speaker": count("speaker"),
-        "session": count("session"),
-        "gender": count("gender"),
-        "speakers": dict(sorted(speakers.items())),
-        "logmel": moments.summary(DEFAULT_LOGMEL) if moments.count else None,
-    }
+    counts = CorpusCounts()
+    for record in records:
+        counts.add(record)
+    return counts.document(moments, skipped, corpus)
