@@ -5,6 +5,7 @@
         --unlabelled ../shared/data/speech_unlabeled --preset cpu --folds 03,10
     python recipes/sngan_synthetic.py --corpus iemocap --data IEMOCAP_full_release \\
         --unlabelled LibriSpeech/train-clean-360 --preset paper
+    python recipes/sngan_synthetic.py ... --client 2         # client 2's fine-tuning only
 
 Method (the paper's Secs. 3-4; `main` follows it):
 
@@ -20,7 +21,13 @@ Method (the paper's Secs. 3-4; `main` follows it):
    autoencoder with an L1 loss; stage 2, WGAN-GP from its weights (Sec. 3.2).
 4. Per fold: stage 3, the critic's output replaced by N_c + 1 softmax units and the
    generator fine-tuned with one-hot emotions, centralised and per client (one copy
-   per IEMOCAP session, Sec. 4.5); the Chatziagapi et al. 2019 baseline.
+   per IEMOCAP session, Sec. 4.5); the Chatziagapi et al. 2019 baseline. ``--client k``
+   (repeatable, or ``1,3``) runs client k's fine-tuning and synthetic set alone on every
+   selected fold, pre-training first unless ``pretrain/`` is in ``--out``, and stops, so
+   clients can run on separate machines, each from a copy of the same pre-trained GAN as
+   in the paper's federated setting; the run without ``--client`` pools the clients it
+   finds finished (folders ``folds/<fold>/client<k>`` and ``folds/<fold>/synthetic/
+   client<k>``) and fine-tunes any missing one itself (our choice).
 5. Synthesis: K patches per emotion centralised and from the baseline, K / clients from
    each client's generator, as TFRecords.
 6. SER: the discriminator architecture with N_c outputs trained on real patches or on
@@ -64,6 +71,9 @@ def parse_args(argv=None):
     p = experiment.parser(__doc__, sngan.SNGAN_PRESETS)
     p.add_argument("--clients", type=int, default=3,
                    help="per-client generators: speaker groups (IEMOCAP: its sessions)")
+    p.add_argument("--client", action="append", default=[], metavar="K",
+                   help="only fine-tune client K (1-based; repeatable or 1,3) and write its "
+                        "synthetic set, then stop; a run without it pools every client")
     for key in ("ae_steps", "wgan_steps", "ft_steps", "ser_steps", "baseline_ae_steps",
                 "baseline_gan_steps", "per_class", "steps_per_epoch"):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
@@ -107,7 +117,8 @@ def report(out, corpus, results, splits, budgets, classes, args, started,
     entries = [{"row": c, "fold": r["fold"], "test": r["scores"][c], "repeat": r["repeat"]}
                for r in results for c in protocol.CONDITIONS if c in r["scores"]]
     f1 = Metric("macro_f1", "Test macro-F1")
-    gains = experiment.paired_tests(entries, [c for c in protocol.CONDITIONS if "+" in c],
+    gains = experiment.paired_tests(entries, [c for c in protocol.CONDITIONS if "+" in c and
+                                              any(e["row"] == c for e in entries)],
                                     "real", "macro_f1")
     frechet = experiment.summarise(
         [{"row": k, "fold": r["fold"], "test": {"fd": v}} for r in results
@@ -116,8 +127,8 @@ def report(out, corpus, results, splits, budgets, classes, args, started,
         out, title=f"SN-GAN data generation (Eskimez et al. 2020) on {corpus.name}", header=[
             f"Held out per fold: {', '.join(f'{n}: {h}' for n, (_, h) in splits.items())}.",
             f"Budgets: {budgets.to_dict()}; preset {args.preset}.",
-            "Scores over the held-out files (window hop 32 frames, mean probability); TSTR = "
-            "synthetic-only macro-F1 / real macro-F1 (our addition; the paper reports F1).",
+            ("Scores over the held-out files (window hop 32 frames, mean probability); TSTR = "
+             "synthetic-only macro-F1 / real macro-F1 (our addition; the paper reports F1)."),
             ("Real + synthetic (our addition): every SER batch half real, half synthetic "
              "patches; gain = its macro-F1 minus the real-only row's, same fold."),
             f"Chance UA {100 / len(classes):.1f}%."],
@@ -153,6 +164,9 @@ def main(argv=None) -> int:
     folds = experiment.choose_folds(corpus, "loso-session" if iemocap else "loso-speaker",
                                     args.folds or ("2" if corpus.smoke else None), out)
     splits = {f.name: protocol.split(f, corpus.name) for f in folds}
+    groups = {name: protocol.client_groups(corpus.name, train, corpus.stats, args.clients)
+              for name, (train, _) in splits.items()}
+    chosen = protocol.choose_clients(args.client, groups) if args.client else None
     pool, minmax = pools(corpus, bank, features, splits)
     budgets = protocol.BUDGETS["smoke" if corpus.smoke else args.preset].replace(**{
         k: getattr(args, k) for k in protocol.Budgets.__dataclass_fields__})
@@ -166,13 +180,14 @@ def main(argv=None) -> int:
           f"{len(pool)} utterances; min-max {minmax[0]:.1f} .. {minmax[1]:.1f} dB")
     # 3. Pre-training.
     pretrained = protocol.pretrain(ctx, pool)
-    # 4-6. Fine-tuning, synthesis and SER, fold by fold.
+    if chosen:  # 4-5 for the chosen clients only (one machine's share of the clients).
+        return protocol.run_client_jobs(ctx, chosen, splits, groups, bank, pretrained)
+    # 4-6. Fine-tuning (pooling clients finished by --client runs), synthesis and SER.
     utterances = data.Utterances(corpus.records, classes=classes)
     results = experiment.run_folds(
         out, [None], folds, args.seed, lambda _, fold, path, seed: protocol.run_fold(
             ctx, fold.name, *splits[fold.name], bank, utterances, pretrained,
-            protocol.client_groups(corpus.name, splits[fold.name][0], corpus.stats,
-                                   args.clients), baseline=not args.no_baseline),
+            groups[fold.name], baseline=not args.no_baseline),
         folder=lambda _, fold: os.path.join(out, "folds", fold.name), repeats=args.seeds)
     # 7. Results, with the eGeMAPS reference on the same held-out files (C chosen by
     # cross-validation over the training speakers: these folds have no validation speaker).

@@ -7,7 +7,10 @@ epoch and a finished stage is not trained again):
 1. `pretrain`: stage 1, the autoencoder (discriminator -> N_z code -> generator, L1);
    stage 2, WGAN-GP from the autoencoder's weights (Sec. 3.2).
 2. `fine_tune`: stage 3, per fold, from a copy of the pre-trained pair with an N_c + 1
-   output, centralised (all training speakers) or per client (Sec. 4.5).
+   output, centralised (all training speakers) or per client (Sec. 4.5). `run_clients`
+   fine-tunes the clients of a fold and writes each one's synthetic set, or reuses the
+   sets a client job (`run_client_jobs`, the recipe's ``--client k``) finished earlier,
+   in this folder or on another machine (see "Client folders" below).
 3. `train_baseline`: the Chatziagapi et al. (2019) GAN the paper compares with.
 4. `run_fold`: synthesis of K patches per emotion, the SER network trained on real
    patches or on one synthetic set, scored on the held-out speakers' files with the
@@ -19,14 +22,33 @@ epoch and a finished stage is not trained again):
 Every stage's randomness is derived from the run seed and the stage's name, its
 networks are initialised after ``context.reseed(stage)`` (a recipe hook setting Keras'
 global seed), so a killed run resumes to the same numbers.
+
+Client folders. A client is one speaker group of `client_groups`, numbered from 1 in
+each fold. Everything client k of a fold produces lives in two folders of the run
+folder, which can be copied from the machine that ran it into the pooling run's folder:
+
+- ``folds/<fold>/client<k>/``: ``checkpoint/`` (stage 3), ``grids/``, the fine-tuned
+  ``generator.keras`` and, written last, `CLIENT_RECORD` (``client.json``): the settings
+  the set was made with and the SHA-256 of the pre-trained weights it started from;
+- ``folds/<fold>/synthetic/client<k>/``: its synthetic TFRecords (``synthetic.json``).
+
+(TensorBoard curves go to ``logs/folds/<fold>/client<k>/``; nothing reads them back.) A
+run finding ``client.json`` reuses the client after checking that those settings and the
+pre-trained weights are its own (`ClientSet`); without it the client is fine-tuned there,
+resuming its checkpoint if any. The pre-trained pair is shared by every client (the paper
+sends one pre-trained copy to each client, Sec. 4.5): ``pretrain/`` copied into another
+machine's run folder is restored, not retrained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Callable
 
+import keras
 import numpy as np
 
 from keras_ser import data as kdata
@@ -55,6 +77,8 @@ TITLES = {"real": "Real data", "baseline": "Synthetic, baseline (Chatziagapi et 
 FD_SAMPLES = 1000
 #: Real patches the baseline fits its class normals on (our choice).
 LATENT_SAMPLES = 4000
+#: The record that marks a client's fine-tuning and synthetic set as finished.
+CLIENT_RECORD = "client.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +108,7 @@ class Budgets:
         spe = self.steps_per_epoch or max(1, steps // 10)
         return max(1, -(-steps // spe)), spe
 
-    def replace(self, **changes) -> "Budgets":
+    def replace(self, **changes) -> Budgets:
         """A copy with the fields of ``changes`` that are not None."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items()
                                             if v is not None})
@@ -364,6 +388,216 @@ def _write_set(ctx, folder, sampler, per_class, seed, source, metadata):
         n_mels=c.n_mels, seed=seed, source=source, metadata=metadata, progress=False)
 
 
+def pretrained_sha256(pretrained: tuple) -> str:
+    """SHA-256 (hex) of the pre-trained ``(generator, critic)`` weights: equal exactly
+    when every client starts from the same copy, however it reached the machine."""
+    digest = hashlib.sha256()
+    for model in pretrained:
+        for w in model.get_weights():
+            digest.update(str(w.shape).encode())
+            digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
+def choose_clients(requested, groups: dict) -> list:
+    """The client numbers of ``--client`` (repeatable; each value one number or a
+    comma-separated list), checked against every selected fold.
+
+    Args:
+        requested: The option's values, e.g. ``["2"]`` or ``["1,3", "4"]``.
+        groups: ``{fold name: client_groups(...)}``.
+
+    Returns:
+        Sorted distinct numbers (1-based, as in the folder names ``client<k>``).
+
+    Raises:
+        keras_ser.experiment.BadInput: Not a number, or out of range in a fold (the
+            message lists that fold's clients and their speakers).
+    """
+    from keras_ser.experiment import BadInput
+
+    try:
+        chosen = sorted({int(v) for item in requested for v in str(item).split(",")
+                         if v.strip()})
+    except ValueError:
+        raise BadInput(f"--client takes client numbers such as 2 or 1,3; got "
+                       f"{', '.join(map(str, requested))}") from None
+    if not chosen:
+        raise BadInput("--client: no client number given")
+    for fold, clients in groups.items():
+        bad = [k for k in chosen if not 1 <= k <= len(clients)]
+        if bad:
+            listed = "; ".join(f"{k} = {', '.join(g)}" for k, g in enumerate(clients, 1))
+            raise BadInput(
+                f"--client {','.join(map(str, bad))} is out of range: fold {fold} has clients "
+                f"1..{len(clients)} ({listed}); a client is a group of training speakers "
+                "(--clients sets how many; IEMOCAP: one per training session)")
+    return chosen
+
+
+@dataclasses.dataclass
+class ClientSet:
+    """One client's fine-tuned generator and synthetic set (see "Client folders").
+
+    Attributes:
+        k: Client number in its fold (1-based).
+        speakers: Its training speakers.
+        generator: The fine-tuned generator, ``[z (n, N_z), c (n, N_c)] -> (n, frames,
+            mels)``.
+        synthetic: Its synthetic TFRecord folder (under the run folder).
+        reused: True when a finished client was found and nothing was trained or written.
+    """
+
+    k: int
+    speakers: list
+    generator: object
+    synthetic: str
+    reused: bool
+
+
+def _client_record(ctx: Context, fold_name: str, k: int, members, per_client: int,
+                   seed: int, sha: str) -> dict:
+    """What a client's set depends on: compared on reuse (JSON round-tripped)."""
+    _, spe = ctx.budgets.epochs(ctx.budgets.ft_steps)
+    return _as_json({
+        "fold": fold_name, "client": k, "speakers": list(members), "classes": list(ctx.classes),
+        "run_seed": ctx.seed, "synthesis_seed": seed, "per_class": per_client,
+        "ft_steps": ctx.budgets.ft_steps, "steps_per_epoch": spe,
+        "minmax_db": [float(v) for v in ctx.minmax], "architecture": ctx.config.to_dict(),
+        "pretrained_sha256": sha,
+        "synthetic": "/".join(("folds", fold_name, "synthetic", f"client{k}"))})
+
+
+def _as_json(document: dict) -> dict:
+    """``document`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(document))
+
+
+def _reuse_client(ctx: Context, folder: str, record: dict) -> ClientSet | None:
+    """The finished client of ``folder`` (relative), or None when it has no record.
+
+    Raises:
+        keras_ser.experiment.BadInput: The record's settings or pre-trained weights are
+            not this run's, or a file it promises is missing.
+    """
+    from keras_ser.experiment import BadInput
+
+    path = os.path.join(ctx.out, folder, CLIENT_RECORD)
+    if not os.path.isfile(path):
+        return None
+    stored = io.read_json(path)
+    k, fold = record["client"], record["fold"]
+    redo = (f"remove {os.path.join(ctx.out, folder)} and "
+            f"{os.path.join(ctx.out, *record['synthetic'].split('/'))} and run client {k} "
+            f"again with this run's options, from a copy of {os.path.join(ctx.out, 'pretrain')}")
+
+    def short(value):
+        return value[:12] + "..." if isinstance(value, str) and len(value) == 64 else value
+
+    differ = [key for key in record if stored.get(key) != record[key]]
+    if differ:
+        shown = "; ".join(f"{key}: {short(stored.get(key))!r} there, {short(record[key])!r} "
+                          "here" for key in differ if key != "architecture") or "architecture"
+        raise BadInput(f"client {k} of fold {fold} in {path} was made with other settings "
+                       f"or pre-trained weights than this run's ({shown}); {redo}")
+    synthetic = os.path.join(ctx.out, *record["synthetic"].split("/"))
+    generator_path = os.path.join(ctx.out, folder, "generator.keras")
+    for needed in (generator_path, os.path.join(synthetic, "synthetic.json")):
+        if not os.path.isfile(needed):
+            raise BadInput(f"client {k} of fold {fold}: {path} is there but {needed} is "
+                           f"missing (copy both client folders whole, or {redo})")
+    print(f"client {k} of fold {fold} ({', '.join(record['speakers'])}): finished "
+          f"earlier; reusing {folder} and {record['synthetic']}")
+    return ClientSet(k, record["speakers"], keras.models.load_model(generator_path),
+                     synthetic, reused=True)
+
+
+def run_clients(ctx: Context, fold_name: str, train_speakers, bank: PatchBank,
+                pretrained: tuple, clients: list, only=None) -> list:
+    """Stage 3 per client and each client's synthetic set (Sec. 4.5), resumably.
+
+    Client k (the k-th group of ``clients`` with a training speaker, from 1) is
+    fine-tuned from a copy of the pre-trained pair on its speakers' patches, then draws
+    ``K // n`` patches per emotion (n clients; the paper: 10K each from 4 clients,
+    40K per emotion pooled) with seed ``derive(run seed, fold) + k``. A client with a
+    finished record is reused (`ClientSet.reused`), after checking it was made with this
+    run's settings and pre-trained weights; others are trained here, resuming their
+    checkpoint, and get their record last (so a pooling run computes a client no
+    ``--client`` job finished: our choice, it keeps one uninterrupted run possible).
+
+    Args:
+        ctx: The run's `Context`.
+        fold_name: Fold name (folders ``folds/<fold>/client<k>``).
+        train_speakers: The fold's training speakers.
+        bank: The labelled corpus's log-mels.
+        pretrained: `pretrain`'s ``(generator, critic)``.
+        clients: Speaker groups (`client_groups`).
+        only: Client numbers to do (None: all).
+
+    Returns:
+        `ClientSet` of each client done, in client order.
+
+    Raises:
+        keras_ser.experiment.BadInput: A finished client that is not this run's.
+        DivergenceError: A fine-tuning loss diverged.
+    """
+    active = [(k, m) for k, group in enumerate(clients, 1)
+              if (m := [s for s in group if s in train_speakers])]
+    per_client = max(1, ctx.budgets.per_class // max(1, len(active)))
+    seed, sha = seeds.derive(ctx.seed, fold_name), pretrained_sha256(pretrained)
+    done = []
+    for k, members in active:
+        if only is not None and k not in only:
+            continue
+        folder = os.path.join("folds", fold_name, f"client{k}")
+        record = _client_record(ctx, fold_name, k, members, per_client, seed + k, sha)
+        found = _reuse_client(ctx, folder, record)
+        if found is not None:
+            done.append(found)
+            continue
+        print(f"client {k} of fold {fold_name} ({', '.join(members)}): fine-tuning and "
+              f"{per_client} patches per emotion")
+        gen = fine_tune(ctx, pretrained, bank.subset(members), folder,
+                        f"{fold_name}_client{k}")
+        synthetic = os.path.join(*record["synthetic"].split("/"))
+        _write_set(ctx, synthetic, synthesis.conditional_sampler(gen), per_client, seed + k,
+                   f"client{k}-{fold_name}", {"fold": fold_name, "speakers": members})
+        io.write_json(os.path.join(ctx.out, folder, CLIENT_RECORD), record)
+        done.append(ClientSet(k, members, gen, os.path.join(ctx.out, synthetic), False))
+    return done
+
+
+def run_client_jobs(ctx: Context, chosen, splits: dict, groups: dict, bank: PatchBank,
+                    pretrained: tuple) -> int:
+    """The recipe's ``--client``: `run_clients` for the ``chosen`` clients of every fold
+    in ``splits``, no SER network and no results; prints a one-line summary.
+
+    Args:
+        ctx: The run's `Context`.
+        chosen: Client numbers (`choose_clients`).
+        splits: ``{fold: (training speakers, held-out speakers)}``.
+        groups: ``{fold: client_groups(...)}``.
+        bank: The labelled corpus's log-mels.
+        pretrained: `pretrain`'s ``(generator, critic)``.
+
+    Returns:
+        0, the exit status.
+    """
+    written = []
+    for name, (train, _) in splits.items():
+        print(f"\n== fold {name}: client(s) {','.join(map(str, chosen))} only")
+        written += [(name, c) for c in run_clients(ctx, name, train, bank, pretrained,
+                                                   groups[name], only=chosen)]
+    folders = [f"folds/{f}/client{c.k} + folds/{f}/synthetic/client{c.k}" for f, c in written]
+    print(f"client(s) {','.join(map(str, chosen))} done "
+          f"({sum(not c.reused for _, c in written)} trained, "
+          f"{sum(c.reused for _, c in written)} found finished) in {ctx.out}: "
+          f"{'; '.join(folders)}. Next: copy these folders into the pooling run's folder "
+          "if it is elsewhere, then run the same command without --client to pool every "
+          "client's set and train the SER networks")
+    return 0
+
+
 def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: PatchBank,
              utterances: kdata.Utterances, pretrained: tuple, clients: list,
              baseline: bool = True) -> dict:
@@ -394,13 +628,7 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
     central = fine_tune(ctx, pretrained, train, os.path.join(fdir, "centralised"),
                         f"{fold_name}_centralised")
     samplers["centralised"] = synthesis.conditional_sampler(central)
-    client_gens = []
-    for k, group in enumerate(clients, 1):
-        members = [s for s in group if s in train_speakers]
-        if members:
-            gen = fine_tune(ctx, pretrained, train.subset(members),
-                            os.path.join(fdir, f"client{k}"), f"{fold_name}_client{k}")
-            client_gens.append((k, members, gen))
+    client_sets = run_clients(ctx, fold_name, train_speakers, bank, pretrained, clients)
     if baseline:
         samplers["baseline"] = train_baseline(ctx, train, os.path.join(fdir, "baseline"),
                                               f"{fold_name}_baseline")
@@ -410,14 +638,8 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
             _write_set(ctx, folder, samplers[cond], b.per_class, seed, f"{cond}-{fold_name}",
                        {"fold": fold_name, "minmax": list(ctx.minmax)})
             sets[cond] = [os.path.join(ctx.out, folder)]
-    per_client = max(1, b.per_class // max(1, len(client_gens)))
-    if client_gens:
-        sets["per_client"] = []
-    for k, members, gen in client_gens:
-        folder = os.path.join(fdir, "synthetic", f"client{k}")
-        _write_set(ctx, folder, synthesis.conditional_sampler(gen), per_client, seed + k,
-                   f"client{k}-{fold_name}", {"fold": fold_name, "speakers": members})
-        sets["per_client"].append(os.path.join(ctx.out, folder))
+    if client_sets:
+        sets["per_client"] = [c.synthetic for c in client_sets]
 
     held = utterances.indices(held_out)
     test_labels = utterances.labels[held]
@@ -472,10 +694,10 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
         "centralised": synthesis.generate(central, balanced, seed=seed),
         "real_test": bank.subset(held_out).sample(FD_SAMPLES, c.frames, ctx.minmax, seed=seed),
     }
-    if client_gens:
+    if client_sets:
         generated["per_client"] = np.concatenate([
-            synthesis.generate(g, balanced[i::len(client_gens)], seed=seed + i)
-            for i, (_, _, g) in enumerate(client_gens)])
+            synthesis.generate(c.generator, balanced[i::len(client_sets)], seed=seed + i)
+            for i, c in enumerate(client_sets)])
     if "baseline" in samplers:
         generated["baseline"] = samplers["baseline"](balanced, seed)
     fd = {key: metrics.frechet_distance(real_emb, synthesis.embed(embed_model, x))
@@ -496,5 +718,5 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
     io.save_model(models["real"], os.path.join(ctx.out, fdir, "ser_real", "classifier.keras"))
     return {"fold": fold_name, "train_speakers": list(train_speakers),
             "test_speakers": list(held_out),
-            "clients": [{"client": k, "speakers": m} for k, m, _ in client_gens],
+            "clients": [{"client": c.k, "speakers": c.speakers} for c in client_sets],
             "scores": scores, "frechet": fd}
