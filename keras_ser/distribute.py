@@ -28,6 +28,10 @@ replica computes with batch B (checked in ``tests/test_distribute.py``):
   its moments, `SyncBatchNormalization` in Keras 2), and the CRNN's masked batch norm sums
   its moments with `all_reduce_sum`. Ioffe & Szegedy's statistics are then the paper's
   batch's, whatever the number of replicas. With one replica both are no-ops.
+* **The gradient penalty** (Gulrajani et al. 2017, eq. 3) is a mean over examples of each
+  example's critic-gradient norm at its own mix of real and generated input, so it is a
+  per-replica mean like any loss term and is scaled with the critic loss; its mixing
+  weights come from `replica_draw`.
 * **Spectral normalisation** (`keras.layers.SpectralNormalization`): its power iteration
   reads only the kernel and ``u``, which are identical on every replica, so each replica
   computes the same ``u`` and the mirrored assignment keeps them equal; no

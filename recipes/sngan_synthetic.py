@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     results = experiment.run_folds(
         out, [None], folds, args.seed, lambda _, fold, path, seed: protocol.run_fold(
             ctx, fold.name, *splits[fold.name], bank, utterances, pretrained,
-            groups[fold.name], baseline=not args.no_baseline),
+            groups[fold.name], baseline=not args.no_baseline, run=os.path.basename(path)),
         folder=lambda _, fold: os.path.join(out, "folds", fold.name), repeats=args.seeds)
     # 7. Results, with the eGeMAPS reference on the same held-out files (C chosen by
     # cross-validation over the training speakers: these folds have no validation speaker).

@@ -600,7 +600,7 @@ def run_client_jobs(ctx: Context, chosen, splits: dict, groups: dict, bank: Patc
 
 def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: PatchBank,
              utterances: kdata.Utterances, pretrained: tuple, clients: list,
-             baseline: bool = True) -> dict:
+             baseline: bool = True, run: str | None = None) -> dict:
     """Stage 3, synthesis and the SER networks of one fold; returns its result.
 
     Args:
@@ -612,6 +612,9 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
         pretrained: `pretrain`'s (generator, critic).
         clients: Speaker groups (`client_groups`).
         baseline: Train the baseline GAN too.
+        run: Folder and seed name of this run of the fold: ``fold_name`` (default), or
+            ``<fold>-run<k>`` for the k-th repeat of ``--seeds`` (its own stages, clients
+            and seeds; the pre-trained GAN is shared).
 
     Returns:
         Dict: ``fold``, speakers, ``clients``, ``scores`` (per training set:
@@ -619,23 +622,24 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
         macro-F1 over the real-data one, our addition), ``frechet`` (our addition).
     """
     c, b = ctx.config, ctx.budgets
-    fdir = os.path.join("folds", fold_name)
+    run = run or fold_name
+    fdir = os.path.join("folds", run)
     train = bank.subset(train_speakers)
-    seed = seeds.derive(ctx.seed, fold_name)
+    seed = seeds.derive(ctx.seed, run)
     print(f"\n== fold {fold_name}: train {len(train)} files ({len(train_speakers)} "
           f"speakers), test {', '.join(held_out)}")
     samplers, sets = {}, {}
     central = fine_tune(ctx, pretrained, train, os.path.join(fdir, "centralised"),
-                        f"{fold_name}_centralised")
+                        f"{run}_centralised")
     samplers["centralised"] = synthesis.conditional_sampler(central)
-    client_sets = run_clients(ctx, fold_name, train_speakers, bank, pretrained, clients)
+    client_sets = run_clients(ctx, run, train_speakers, bank, pretrained, clients)
     if baseline:
         samplers["baseline"] = train_baseline(ctx, train, os.path.join(fdir, "baseline"),
-                                              f"{fold_name}_baseline")
+                                              f"{run}_baseline")
     for cond in ("centralised", "baseline"):
         if cond in samplers:
             folder = os.path.join(fdir, "synthetic", cond)
-            _write_set(ctx, folder, samplers[cond], b.per_class, seed, f"{cond}-{fold_name}",
+            _write_set(ctx, folder, samplers[cond], b.per_class, seed, f"{cond}-{run}",
                        {"fold": fold_name, "minmax": list(ctx.minmax)})
             sets[cond] = [os.path.join(ctx.out, folder)]
     if client_sets:
@@ -668,7 +672,7 @@ def run_fold(ctx: Context, fold_name: str, train_speakers, held_out, bank: Patch
             continue
         print(f"-- SER network on {cond}")
         models[cond] = train_ser(ctx, data, os.path.join(fdir, f"ser_{cond}"),
-                                 f"{fold_name}_ser_{cond}")
+                                 f"{run}_ser_{cond}")
         scorer = Scorer(models[cond], ctx.front_end())
         # The windows depend on the front end only: cut the held-out files once.
         test_units = test_units or scorer.prepare(utterances.select(held))
