@@ -383,7 +383,7 @@ def custom_fit(model, dataset, *, epochs: int, initial_epoch: int = 0,
         epochs, initial_epoch, steps_per_epoch: As ``fit`` (``steps_per_epoch``
             required: the workers must agree on the number of collective steps).
         callbacks: Keras callbacks.
-        verbose: 0 (silent), 1 (progress bar) or 2 (a line per epoch).
+        verbose: 0 (silent), 1 or ``"auto"`` (progress bar) or 2 (a line per epoch).
 
     Returns:
         The `keras.callbacks.History`.
@@ -400,6 +400,7 @@ def custom_fit(model, dataset, *, epochs: int, initial_epoch: int = 0,
         raise ValueError("multi-worker training needs steps_per_epoch")
     strategy = model.distribute_strategy
     iterator = iter(distribute_input(strategy, dataset))
+    verbose = 1 if verbose == "auto" else verbose  # as fit
 
     @tf.function
     def step(it):
