@@ -47,6 +47,9 @@ import os
 import sys
 import time
 
+import keras_ser  # noqa: F401  before keras: quiets TensorFlow's start-up (keras_ser.quiet)
+
+# isort: split
 import keras
 
 from keras_ser import data, experiment, seeds

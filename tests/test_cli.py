@@ -122,7 +122,7 @@ def test_predict_json_of_a_44k_flac_matches_its_16k_original(crop, tmp_path, cap
                                         quality="HQ"), 44100, format="FLAC", subtype="PCM_16")
     assert soundfile.info(flac).samplerate == 44100
     assert cli.main(["predict", crop.base, flac, crop.wav, "--json"]) == 0
-    resampled, original = json.loads(capsys.readouterr().out)
+    resampled, original = map(json.loads, capsys.readouterr().out.splitlines())
     assert (resampled["file"], original["file"]) == (flac, crop.wav)
     assert set(original) == {"file", "probabilities", "predicted"}
     p44 = np.array([resampled["probabilities"][c] for c in CLASSES])
@@ -176,30 +176,39 @@ def test_predict_with_a_vote_export_prints_the_voted_class(vote, capsys):
     assert rows == [("anger", 0.6), ("happiness", 0.4), ("sadness", 0.0)]
     assert printed_votes(out) == [("anger", 0.33), ("happiness", 0.67), ("sadness", 0.0)]
     assert cli.main(["predict", vote.base, vote.wav, "--json"]) == 0
-    [result] = json.loads(capsys.readouterr().out)
+    [result] = map(json.loads, capsys.readouterr().out.splitlines())
     assert result["predicted"] == "happiness"
     assert result["votes"] == pytest.approx({"anger": 1 / 3, "happiness": 2 / 3,
                                              "sadness": 0.0}, abs=1e-6)
     assert result["probabilities"]["anger"] == pytest.approx(0.5996, abs=1e-4)
 
 
-def test_predict_bad_input_exits_2_with_one_line(crop, tmp_path, capsys):
+def test_predict_bad_file_exits_1_bad_model_exits_2(crop, tmp_path, capsys):
     def fails(*args):
         assert cli.main(["predict", *args]) == 2
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and err.startswith("error: ")
         return err.strip()
 
+    def file_fails(bad):
+        """A bad file costs its own line (exit 1); the good one is still answered."""
+        assert cli.main(["predict", crop.base, crop.wav, bad]) == 1
+        out, err = capsys.readouterr()
+        first, *_, last = out.splitlines()
+        assert first.startswith(f"{crop.wav}: ")
+        assert err == "keras-ser predict: 1 of 2 file(s) failed\n"
+        return last
+
     missing = str(tmp_path / "missing.wav")
-    assert fails(crop.base, crop.wav, missing) == f"error: {missing}: no such audio file"
+    assert file_fails(missing) == f"{missing}: error: no such audio file"
     corrupt = write_corrupt(str(tmp_path / "corrupt.wav"))
-    assert fails(crop.base, corrupt).startswith(f"error: {corrupt}: cannot decode audio")
+    assert file_fails(corrupt).startswith(f"{corrupt}: error: cannot decode audio")
     empty = write_empty(str(tmp_path / "empty.wav"))
-    assert fails(crop.base, empty) == f"error: {empty}: empty audio (0 samples)"
+    assert file_fails(empty) == f"{empty}: error: empty audio (0 samples)"
     short = str(tmp_path / "short.wav")
     soundfile.write(short, np.zeros(500, np.float32), 16000)
-    err = fails(crop.base, short)
-    assert err.startswith(f"error: {short}: audio too short: 500 samples")
+    err = file_fails(short)
+    assert err.startswith(f"{short}: error: audio too short: 500 samples")
     assert "1024 samples" in err
     no_model = str(tmp_path / "no_model")
     assert fails(no_model, crop.wav) == f"error: {no_model}: no such model folder"

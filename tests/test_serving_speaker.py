@@ -196,14 +196,15 @@ def test_cli_speaker_options(speaker_export):
     same = subprocess.run([*run, "--same-speaker"], capture_output=True, text=True,
                           timeout=300)
     assert same.returncode == 0, same.stderr
-    first = json.loads(same.stdout)[0]
+    first = json.loads(same.stdout.splitlines()[0])
     estimated = predict.estimate_speaker_statistics([ex.waves["a1"], ex.waves["a2"]], ex.front)
     assert first["speaker_statistics"]["speaker_mean"][0] == pytest.approx(
         estimated["mean"], abs=1e-4)
     numbers = subprocess.run([*run, "--speaker-stats=-52,11"], capture_output=True,
                              text=True, timeout=300)
     assert numbers.returncode == 0, numbers.stderr
-    np.testing.assert_allclose(list(json.loads(numbers.stdout)[0]["probabilities"].values()),
+    np.testing.assert_allclose(list(json.loads(numbers.stdout.splitlines()[0])[
+                                   "probabilities"].values()),
                                by_hand(ex, ex.waves["a1"], ex.own["03"]), atol=1e-5)
     bad = subprocess.run([*run, "--speaker-stats=-52"], capture_output=True, text=True,
                          timeout=300)

@@ -5,7 +5,9 @@ model), a model folder ``export/<name>`` (its highest version is used) or a vers
 folder ``export/<name>/<version>``. `load` returns the reloaded ``serving_default``
 signature and the export's ``keras_ser.json``; `predict_files` decodes, checks and
 classifies files with the decision rule the export records (argmax, or the majority vote
-of the VTLP copies).
+of the VTLP copies), failing on the first bad file; `classify_files` classifies many files
+(`expand_inputs`: files, folders, ``@lists``) in batches, each file getting its result or
+its own error (``keras-ser predict``).
 
 Exports of per-speaker normalised models (``speaker_inputs`` in the metadata) also take
 the speaker's statistics: given as numbers, looked up among the fold speakers the export
@@ -344,3 +346,186 @@ def predict_files(path: str, files: Sequence[str], speaker=None) -> list:
             entry["votes"] = {n: float(v) for n, v in zip(names, votes[0])}
         results.append(entry)
     return results
+
+
+# --- many inputs: folders, @lists, per-file errors, batches ------------------------------
+
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+    ".au", ".snd", ".caf", ".w64", ".rf64", ".sd2", ".voc", ".nist", ".sph", ".htk",
+    ".ircam", ".sf", ".paf", ".pvf", ".svx", ".8svx", ".xi", ".avr", ".wve", ".mpc", ".sds"})
+"""File extensions (lower case) a folder is searched for: the formats libsndfile (hence
+`keras_ser.audio.load_waveform`) reads, except headerless RAW and MATLAB files."""
+
+
+_NO_AUDIO = "no audio file in this folder (searched recursively for .wav, .flac, .ogg, ...)"
+
+
+def expand_inputs(inputs: Sequence[str]) -> list:
+    """The files ``keras-ser predict`` is given, expanded.
+
+    Each input is a file (kept as given, whatever its extension), a folder (searched
+    recursively, sorted, for files with an `AUDIO_EXTENSIONS` extension; hidden entries
+    skipped) or ``@LIST`` (a text file with one path per line, each a file or folder as
+    above, taken as written, i.e. relative to the current directory; blank lines and lines
+    starting with ``#`` are skipped, a line starting with ``@`` is a path, not a nested
+    list).
+
+    Returns:
+        ``[(path, error)]`` in input order: ``error`` is None, or a message for an input
+        that names no file (an unreadable list, a folder without audio); missing files are
+        left to the decoder, which reports them per file.
+    """
+    out = []
+
+    def add(path: str) -> None:
+        if os.path.isdir(path):
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found.extend(os.path.join(root, n) for n in sorted(names)
+                             if not n.startswith(".") and
+                             os.path.splitext(n)[1].lower() in AUDIO_EXTENSIONS)
+            if found:
+                out.extend((f, None) for f in found)
+            else:
+                out.append((path, _NO_AUDIO))
+        else:
+            out.append((path, None))
+
+    for item in inputs:
+        item = os.fspath(item)
+        if not item.startswith("@") or len(item) == 1:
+            add(item)
+            continue
+        try:
+            with open(item[1:], encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            out.append((item, f"cannot read the list ({getattr(err, 'strerror', None) or err})"))
+            continue
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                add(line)
+    return out
+
+
+def _message(file: str, err: BaseException) -> str:
+    """One line: an error's message without the leading ``<file>: `` it may carry."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    prefix = f"{file}: "
+    return text.removeprefix(prefix)
+
+
+def _decode(file: str, metadata: dict):
+    """A checked ``(samples,)`` float32 waveform at the export's rate, or an error
+    message."""
+    rate = int(metadata["sample_rate"])
+    try:
+        waveform = audio_mod.load_waveform(file, rate)
+        return audio_mod.check_waveform(waveform, metadata["min_samples"], rate)[0]
+    except (OSError, ValueError, TypeError, RuntimeError, MemoryError) as err:
+        return _message(file, err)
+
+
+def _entries(model: ExportedClassifier, files, decoded, given, batch_size: int) -> list:
+    """Per-file result dicts of decoded files (waveforms or error messages), in order.
+
+    Waveforms of equal length are classified together, up to ``batch_size`` at a time
+    (a batch of unequal lengths would need padding, which changes a window-averaging
+    model's answer); a batch that fails is retried file by file.
+    """
+    names = model.metadata["class_names"]
+    results = [{"file": os.fspath(f), "error": d} if isinstance(d, str) else None
+               for f, d in zip(files, decoded)]
+    by_length = {}
+    for i, d in enumerate(decoded):
+        if not isinstance(d, str):
+            by_length.setdefault(int(d.shape[0]), []).append(i)
+
+    def fill(batch):
+        probs, votes, predicted = model.classify(np.stack([decoded[i] for i in batch]), given)
+        for row, i in enumerate(batch):
+            entry = {"file": os.fspath(files[i]),
+                     "predicted": names[int(predicted[row])],
+                     "probabilities": {n: float(p) for n, p in zip(names, probs[row])}}
+            if votes is not None:
+                entry["votes"] = {n: float(v) for n, v in zip(names, votes[row])}
+            if given is not None:
+                entry["speaker_statistics"] = {k: v.tolist() for k, v in given.items()}
+            results[i] = entry
+
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start:start + batch_size]
+            try:
+                fill(batch)
+            except (tf.errors.OpError, ValueError, TypeError, MemoryError) as err:
+                if len(batch) == 1:
+                    results[batch[0]] = {"file": os.fspath(files[batch[0]]),
+                                         "error": _message(files[batch[0]], err)}
+                    continue
+                for i in batch:
+                    try:
+                        fill([i])
+                    except (tf.errors.OpError, ValueError, TypeError, MemoryError) as one:
+                        results[i] = {"file": os.fspath(files[i]),
+                                      "error": _message(files[i], one)}
+    return results
+
+
+def classify_files(path: str, files: Sequence[str], speaker=None, batch_size: int = 16,
+                   chunk: int = 256):
+    """Classify many audio files, each on its own: a bad file costs only its own result.
+
+    Unlike `predict_files`, a file that is missing, undecodable, empty or shorter than the
+    export's ``min_samples`` does not fail the call: its result holds an ``"error"``.
+    Files are decoded ``chunk`` at a time and their results yielded in order, so a long
+    list streams (with ``speaker="files"`` every file is decoded first: the statistics
+    are estimated from all the good files, and only from them).
+
+    Args:
+        path: Any export path `resolve` accepts.
+        files: Audio file paths (see `expand_inputs` for folders and lists).
+        speaker: As `predict_files`.
+        batch_size: The most waveforms per model call (equal-length files are batched;
+            results do not depend on it).
+        chunk: Files decoded per step when streaming.
+
+    Returns:
+        An iterator over one dict per file, in order: ``{"file", "predicted",
+        "probabilities": {class: p}}`` (plus ``"votes"`` for a vote export and
+        ``"speaker_statistics"`` when speaker statistics were given), or ``{"file",
+        "error": message}``.
+
+    Raises:
+        FileNotFoundError, ValueError: Raised before any result: the export is missing
+            or unusable, ``batch_size < 1``, or the speaker option does not fit the export
+            (or, for ``"files"``, no statistics can be estimated from the good files).
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    batch_size, chunk = int(batch_size), max(int(chunk), 1)
+    files = [os.fspath(f) for f in files]
+    metadata = read_metadata(path)
+    given = None
+    if speaker is not None and speaker != "files":
+        given = resolve_speaker(metadata, speaker)
+    elif speaker == "files" and not metadata.get("speaker_inputs"):
+        speaker_inputs(metadata, {})  # raises: not a per-speaker export
+    model = load(path)
+    if speaker == "files":
+        decoded = [_decode(f, metadata) for f in files]
+        good = [d for d in decoded if not isinstance(d, str)]
+        if good:
+            given = resolve_speaker(metadata, "files", good)
+        return iter(_entries(model, files, decoded, given, batch_size))
+
+    def stream():
+        for start in range(0, len(files), chunk):
+            part = files[start:start + chunk]
+            yield from _entries(model, part, [_decode(f, metadata) for f in part], given,
+                                batch_size)
+
+    return stream()
