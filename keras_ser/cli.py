@@ -12,6 +12,8 @@ Sub-commands:
   (highest version) or ``export/<name>/<version>`` (see `keras_ser.serving.predict`);
   each file gets its answer or its own error line (exit status 1 when any failed); the
   speaker options feed a per-speaker normalised export its speaker's statistics.
+- ``keras-ser report RUN_DIR``: rebuild ``report.html`` of a finished run folder
+  (`keras_ser.report`).
 
 ``keras-ser --verbose COMMAND ...`` shows TensorFlow's start-up log lines, which are hidden
 by default (`keras_ser.quiet`; ``KERAS_SER_TF_LOGS=1`` does the same for the recipes).
@@ -176,7 +178,8 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 COMMANDS = {"convert": "convert a corpus to TFRecord shards",
             "folds": "write speaker-independent folds (JSON) from stats.json",
-            "predict": "classify audio files, folders or @lists with an exported model"}
+            "predict": "classify audio files, folders or @lists with an exported model",
+            "report": "rebuild report.html of a finished run folder"}
 """Sub-command -> one-line description (the usage text)."""
 
 
@@ -207,6 +210,10 @@ def main(argv=None) -> int:
         return convert_main(argv[1:], prog="keras-ser convert")
     if argv[0] == "predict":
         return _predict(argv[1:])
+    if argv[0] == "report":
+        from keras_ser import report
+
+        return report.main(argv[1:])
     return _folds(argv[1:])
 
 

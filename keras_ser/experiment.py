@@ -576,7 +576,8 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
                   main: Metric, folds: Sequence[dict], smoke: bool, started: float,
                   sections: Sequence[str] = (), document: dict | None = None,
                   row_header: str = "Model", baseline: Reference | None = None) -> dict:
-    """Write ``results.json``, ``results.md`` and ``timing.json``; print the Markdown.
+    """Write ``results.json``, ``results.md``, ``timing.json`` and ``report.html``
+    (`keras_ser.report`: a report failure only prints a warning); print the Markdown.
 
     Args:
         out: Run folder.
@@ -666,6 +667,13 @@ def write_results(out: str, *, title: str, header: Sequence[str], entries: Seque
                   for f in folds}})
     io.write_text(os.path.join(out, "results.md"), text)
     print("\n" + text)
+    try:  # report.html (keras_ser.report): a report that fails never fails the run
+        from keras_ser import report
+
+        report.build_report(out)
+    except Exception as err:  # noqa: BLE001
+        print(f"warning: report.html not written: {type(err).__name__}: {err}",
+              file=sys.stderr)
     return summary
 
 

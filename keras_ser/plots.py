@@ -463,3 +463,105 @@ def budget_study_png(points, path, title: str | None = None) -> str:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save_figure(figure, path)
+
+
+def per_fold_png(values, folds, path, title: str | None = None, ylabel: str = "",
+                 reference_rows=(), chance: float | None = None) -> str:
+    """A grouped bar chart of one metric per fold: a group per fold, a bar per row.
+
+    Args:
+        values: ``{row title: [value per fold or None]}``, in the order to draw.
+        folds: Fold names (the groups), as long as every value list.
+        path: Output PNG.
+        title: Figure title.
+        ylabel: Y axis label.
+        reference_rows: Row titles drawn hatched in grey tones (the baseline).
+        chance: A dashed horizontal line (e.g. chance UA), or None.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: No row, or a value list whose length differs from ``folds``.
+    """
+    if not values:
+        raise ValueError("per_fold_png: no row to draw")
+    folds = [str(f) for f in folds]
+    for name, row in values.items():
+        if len(row) != len(folds):
+            raise ValueError(f"per_fold_png: {len(row)} values for {len(folds)} folds ({name})")
+    rows = list(values)
+    width = 0.8 / len(rows)
+    figure = Figure(figsize=(max(5.0, 1.0 + 0.35 * len(folds) * len(rows) + 0.6 * len(folds)),
+                             3.6), dpi=_DPI, layout="constrained")
+    axes = figure.add_subplot()
+    colours = matplotlib.colormaps["tab10"]
+    greys = ["0.55", "0.75", "0.4"]
+    k_net = k_ref = 0
+    for k, name in enumerate(rows):
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(folds))]
+        ys = [np.nan if v is None else float(v) for v in values[name]]
+        if name in reference_rows:
+            style = {"color": greys[k_ref % len(greys)], "hatch": "//", "edgecolor": "0.3"}
+            k_ref += 1
+        else:
+            style = {"color": colours(k_net % 10)}
+            k_net += 1
+        axes.bar(xs, ys, width=width * 0.95, label=name, **style)
+    if chance is not None:
+        axes.axhline(chance, color="0.3", lw=0.8, ls="--", label="chance")
+    axes.set_xticks(np.arange(len(folds)), labels=folds,
+                    rotation=30 if len(folds) > 6 else 0, ha="right" if len(folds) > 6 else "center")
+    axes.set_ylabel(ylabel)
+    axes.set_xlabel("test fold")
+    if title:
+        axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save_figure(figure, path)
+
+
+def training_curves_png(curves, path, title: str | None = None,
+                        loss_label: str = "loss", metric_label: str = "validation") -> str:
+    """Training curves of one model: the loss (left) and a validation metric (right)
+    per epoch, a line per fold.
+
+    Args:
+        curves: ``{fold: {"loss": {name: [per epoch]}, "metric": {name: [per epoch]}}}``;
+            a missing or empty panel is drawn empty with "no values".
+        path: Output PNG.
+        title: Figure title.
+        loss_label, metric_label: Panel titles.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: No fold.
+    """
+    if not curves:
+        raise ValueError("training_curves_png: no fold to draw")
+    figure = Figure(figsize=(9.0, 3.2), dpi=_DPI, layout="constrained")
+    colours = matplotlib.colormaps["tab10"]
+    styles = ["-", "--", ":", "-."]
+    for p, (panel, label) in enumerate((("loss", loss_label), ("metric", metric_label))):
+        axes = figure.add_subplot(1, 2, p + 1)
+        drawn = False
+        for k, (fold, series) in enumerate(curves.items()):
+            for s, (name, ys) in enumerate((series.get(panel) or {}).items()):
+                if not ys:
+                    continue
+                axes.plot(np.arange(1, len(ys) + 1), ys, color=colours(k % 10),
+                          ls=styles[s % len(styles)], marker="o" if len(ys) < 12 else None,
+                          ms=3, label=f"{fold}: {name}" if len(series[panel]) > 1 else fold)
+                drawn = True
+        if drawn:
+            axes.legend(fontsize=7, frameon=False)
+        else:
+            axes.text(0.5, 0.5, "no values", ha="center", va="center",
+                      transform=axes.transAxes, color="0.4")
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.set_xlabel("epoch")
+        axes.set_title(label, fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save_figure(figure, path)

@@ -162,7 +162,8 @@ def test_export_is_tf_serving_layout_and_gives_the_reported_scores(smoke_run, ca
     capsys.readouterr()
     wav = sorted(glob.glob(os.path.join(out, "smoke", "wav", "*.wav")))[0]
     assert cli.main(["predict", os.path.join(out, "export"), wav, "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == 1  # JSON Lines: one object per file
     assert set(printed[0]["probabilities"]) == set(smoke.CLASSES)
     assert sum(printed[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
