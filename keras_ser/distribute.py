@@ -56,7 +56,8 @@ import tempfile
 STRATEGIES = ("default", "mirrored", "multiworker")
 TUNER_ROLES = ("local", "chief", "worker")
 
-_STATE = {"name": "default", "strategy": None}
+#: Non-chief scratch folders -> the chief's run folders (`worker_folder`, `chief_path`).
+_SCRATCH: dict = {}
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -164,19 +165,10 @@ def configure(args) -> object:
     strategy = make_strategy(name, getattr(args, "devices", None))
     if name != "default":
         tf.distribute.experimental_set_strategy(strategy)
-    _STATE.update(name=name, strategy=strategy)
     from keras_ser import data
 
     data.set_data_service(getattr(args, "data_service", None) or None)
     return strategy
-
-
-def reset() -> None:
-    """Back to TensorFlow's default strategy (tests)."""
-    import tensorflow as tf
-
-    tf.distribute.experimental_set_strategy(None)
-    _STATE.update(name="default", strategy=None)
 
 
 def current():
@@ -231,7 +223,7 @@ def worker_folder(out: str) -> str:
     kind, index = task()
     path = os.path.join(out, ".workers", f"{kind}-{index}")
     os.makedirs(path, exist_ok=True)
-    _STATE.setdefault("scratch", {})[os.path.abspath(path)] = os.path.abspath(out)
+    _SCRATCH[os.path.abspath(path)] = os.path.abspath(out)
     return path
 
 
@@ -239,7 +231,7 @@ def chief_path(path: str) -> str:
     """The chief's counterpart of a path under this worker's scratch folder (unchanged on
     the chief and outside a scratch folder)."""
     full = os.path.abspath(path)
-    for scratch, out in _STATE.get("scratch", {}).items():
+    for scratch, out in _SCRATCH.items():
         if full == scratch or full.startswith(scratch + os.sep):
             return out + full[len(scratch):]
     return path
