@@ -35,6 +35,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv=None) -> int:
+    """Time cached and uncached epochs of each classifier and print the table.
+
+    Args:
+        argv: Options (see the module docstring; default ``sys.argv[1:]``):
+            ``--classifiers`` (comma-separated keys of
+            `keras_ser.models.transfer.CLASSIFIERS`), ``--preset``, ``--images`` (random
+            ``(n, 224, 224, 1)`` images in [0, 255], 7 random classes), ``--epochs``
+            (timed rounds after one warm-up), ``--json`` (write the rows there).
+
+    Returns:
+        0. Printed per classifier: median seconds per epoch, cached and uncached, their
+        ratio and the one-off seconds of filling the cache (in memory).
+
+    Raises:
+        KeyError: Unknown classifier or preset.
+        SystemExit: Bad options (argparse).
+    """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--classifiers", default="resnet50_fc,vgg16_fc,vgg16_half")
     p.add_argument("--preset", default="cpu")

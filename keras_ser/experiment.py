@@ -399,7 +399,8 @@ def fold_folder(out: str, row: str | None, fold: str, repeat: int = 0) -> str:
 
 
 def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
-              fn: Callable, folder: Callable | None = None, repeats: int = 1) -> list:
+              fn: Callable, folder: Callable | None = None, repeats: int = 1,
+              seed_key: Callable[[str], str] | None = None) -> list:
     """Run ``fn`` for every (repeat, row, fold), resuming: finished folds are read back.
 
     Args:
@@ -414,6 +415,9 @@ def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
         folder: ``folder(row, fold) -> path``; default `fold_folder` (a repeat r > 0
             appends ``-run<r+1>`` to either).
         repeats: Runs of every (row, fold) (paper protocols: e.g. Tu et al.'s 5).
+        seed_key: ``seed_key(row) -> str`` put in place of the row when deriving the
+            seed, so rows mapped to one key share each fold's seed (paired rows that
+            should differ only in their data); None (default) derives from the row.
 
     Returns:
         The fold results, repeats outer, then rows, then folds; each with ``repeat``.
@@ -439,7 +443,8 @@ def run_folds(out: str, rows: Sequence[str], folds: Sequence, seed: int,
                 print(f"{label}fold {k + 1}/{len(folds)} {name}" + (
                     f": validate on {','.join(fold.validation)}, test on "
                     f"{','.join(fold.test)}" if fold.validation else ""), flush=True)
-                fold_seed = seeds.derive(run_seed, row or "", name)
+                fold_seed = seeds.derive(run_seed, seed_key(row) if seed_key else row or "",
+                                         name)
                 keras.utils.set_random_seed(fold_seed)
                 start = time.time()
                 result = fn(row, fold, path, fold_seed)

@@ -35,7 +35,9 @@ Method (the report's Secs. 5-6; `main` follows it):
    random initialisation. Frozen layers are computed once per image (feature cache).
 6. Results. The Figure 19 table (validation and training accuracy) with test WA, UA
    and macro-F1, mean ± std over folds; each augmented row against its original row with
-   a paired Wilcoxon test over folds; per-class recall of the augmented classes before
+   a paired Wilcoxon test over folds (the two rows of a pair share each fold's seed:
+   the same head initialisation, dropout and batch draws, so they differ only in their
+   training data); per-class recall of the augmented classes before
    and after; GAN grids per class; the best row exported as a waveform-in SavedModel.
 
 Everything lands under ``--out``; re-running the same command resumes exactly.
@@ -61,12 +63,28 @@ SCHEDULES = {"paper": Schedule(max_epochs=30, patience=30, batch_size=32),
              "cpu": Schedule(max_epochs=15, patience=15, batch_size=32),
              "smoke": Schedule(max_epochs=2, patience=2, batch_size=16)}
 GAN_SCHEDULES = {"paper": protocol.GANSchedule(steps=5000, steps_per_epoch=100),
-                 "cpu": protocol.GANSchedule(steps=160, steps_per_epoch=20),
+                 # cpu: the 64 x 64 GAN preset, the ends of the report's learning-rate
+                 # ranges (D 5e-5, G 1.7e-4); 1000 updates take about 3 min per class.
+                 "cpu": protocol.GANSchedule(steps=1000, steps_per_epoch=100, d_lr=5e-5,
+                                             g_lr=1.7e-4),
                  "smoke": protocol.GANSchedule(steps=4, steps_per_epoch=2)}
 
 
 def parse_args(argv=None):
-    """Command-line options (see ``--help``)."""
+    """Command-line options (see ``--help``).
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The `argparse.Namespace`: the common recipe options of
+        `keras_ser.experiment.parser` (``--classifiers`` among
+        `keras_ser.models.transfer.CLASSIFIERS`), this recipe's and ``--max-epochs``,
+        ``--batch-size``; values are checked later by `configure`.
+
+    Raises:
+        SystemExit: Unknown options or bad choices (argparse, status 2).
+    """
     p = experiment.parser(__doc__, transfer.TRANSFER_PRESETS,
                           ("classifiers", transfer.CLASSIFIERS, ",".join(transfer.CLASSIFIERS)))
     p.add_argument("--label", choices=data.Utterances.LABELS, default="emotion",
@@ -95,12 +113,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def configure(args, corpus, classes) -> tuple:
-    """``(TransferConfig, GANSchedule, gan preset, Schedule, augmentation policy)``.
+def configure(args, corpus, classes, names) -> tuple:
+    """Check the options before any image is computed.
+
+    Args:
+        args: `parse_args` output.
+        corpus: The loaded corpus (``smoke`` picks the smoke budgets).
+        classes: Class names.
+        names: The selected classifiers (keys of `transfer.CLASSIFIERS`); only their
+            networks' weights are looked for.
+
+    Returns:
+        ``(TransferConfig, GANSchedule, gan preset, Schedule, augmentation policy,
+        classes to augment)``; the last is the ``--augment`` names without empty items
+        (``[]``: the ``--augment-smallest`` classes of each fold).
 
     Raises:
         experiment.BadInput: Out-of-range values, unknown classes to augment, a bad
-            ``--augment-count``, or a missing weight file.
+            ``--augment-count``, a missing weight file, or ``--weights PATH`` (one
+            file) with classifiers of two networks (VGG16 and ResNet50).
     """
     name = "smoke" if corpus.smoke else args.preset
     settings = SCHEDULES[name].override(args)
@@ -110,8 +141,14 @@ def configure(args, corpus, classes) -> tuple:
             gans = protocol.GANSchedule(**{**gans.to_dict(), "steps": args.gan_steps})
         model = transfer.get_config(args.preset).replace(
             batch_size=settings.batch_size, standardise=weights(args) is None)
-        for spec in {transfer.CLASSIFIERS[c].network for c in transfer.CLASSIFIERS}:
-            transfer.resolve_weights(spec, weights(args))
+        networks = sorted({transfer.CLASSIFIERS[c].network for c in names})
+        if weights(args) not in (None, "imagenet") and len(networks) > 1:
+            raise ValueError(f"--weights {args.weights}: a single weight file fits one "
+                             f"network, but the classifiers {','.join(names)} use "
+                             f"{' and '.join(networks)}; choose --classifiers of one "
+                             f"network, or --weights imagenet")
+        for network in networks:
+            transfer.resolve_weights(network, weights(args))
         policy = protocol.parse_policy(args.augment_count)
         chosen = [c for c in (args.augment or "").split(",") if c]
         unknown = [c for c in chosen if c not in classes]
@@ -121,7 +158,12 @@ def configure(args, corpus, classes) -> tuple:
             raise ValueError("--augment-count class=N needs --augment naming those classes")
     except (ValueError, FileNotFoundError) as err:
         raise experiment.BadInput(str(err)) from None
-    return model, gans, args.gan_preset or args.preset, settings, policy
+    return model, gans, args.gan_preset or args.preset, settings, policy, chosen
+
+
+def gan_side(args) -> int:
+    """Side in pixels of the GAN's images for the chosen GAN preset."""
+    return nitk_gan.get_config(args.gan_preset or args.preset).image_size
 
 
 def weights(args):
@@ -130,13 +172,29 @@ def weights(args):
 
 
 def header(args, classes, scheme, folds, settings, gans, model) -> list:
-    """The bullet lines under the results title."""
+    """The bullet lines under the results title.
+
+    Args:
+        args: `parse_args` output.
+        classes: Class names.
+        scheme: ``"loso-speaker"``, ``"kfold"`` or ``"random"``.
+        folds: The folds run.
+        settings: Classifier `Schedule`.
+        gans: `GANSchedule`.
+        model: `TransferConfig`.
+
+    Returns:
+        Markdown lines (no bullets): classes, protocol (with what "Validation accuracy"
+        measures), augmented classes, preset values, paired seeds, base weights.
+    """
     weights_note = ("random initialisation (no ImageNet weights can be downloaded here), "
                     "frozen features standardised on each fold's training images"
                     if args.weights == "none" else args.weights)
     return [f"Classes ({args.label}): {', '.join(classes)}",
             f"Protocol: {scheme}, {len(folds)} fold(s)"
-            + ("; the validation speaker picks the epoch." if scheme != "random" else
+            + ("; the validation speaker picks the epoch, and 'Validation accuracy' is "
+               "measured on that same speaker (so it is optimistic; the test speakers "
+               "are unseen)." if scheme != "random" else
                " (the report's: speakers mixed, the last epoch kept, 'validation' = the "
                "held-out 20 %)."),
             (f"Augmented classes: "
@@ -146,7 +204,11 @@ def header(args, classes, scheme, folds, settings, gans, model) -> list:
              f"{model.input_size}, head {model.head_units} units, {settings.max_epochs} "
              f"epochs, batch {settings.batch_size}, SGD {model.learning_rate:g} (momentum "
              f"{model.momentum:g}), loss {model.loss}; GAN preset "
-             f"{args.gan_preset or args.preset}, {gans.steps} updates per class."),
+             f"{args.gan_preset or args.preset} ({gan_side(args)} x {gan_side(args)} images), "
+             f"{gans.steps} updates per class, Adam D {gans.d_lr:g} / G {gans.g_lr:g}."),
+            ("Paired seeds: each + GAN row uses its original row's seed in every fold "
+             "(head initialisation, dropout, batch draws), so a pair differs only in its "
+             "training data."),
             f"Base weights: {weights_note}."]
 
 
@@ -163,6 +225,8 @@ def main(argv=None) -> int:
     corpus = experiment.load_corpus(args, out)
     classes = experiment.choose_classes(corpus, args.classes, label=args.label)
     utterances = data.Utterances(corpus.records, classes=classes, label=args.label)
+    model, gans, gan_preset, settings, policy, augment = configure(args, corpus, classes,
+                                                                   names)
     # 2. One spectrogram image per utterance, by the served front end.
     bank = protocol.ImageBank(utterances)
     # 3. Folds: speakers held out, or the report's random splits.
@@ -170,7 +234,6 @@ def main(argv=None) -> int:
     folds = protocol.random_folds(utterances.speakers, args.splits) if scheme == "random" \
         else experiment.choose_folds(corpus, scheme, args.folds or ("2" if corpus.smoke else
                                      None), out, **({"k": args.k} if scheme == "kfold" else {}))
-    model, gans, gan_preset, settings, policy = configure(args, corpus, classes)
     experiment.write_config(out, args, argv, corpus, classes=classes, protocol=scheme,
                             folds=[f.name for f in folds], model_config=model,
                             gan_schedule=gans.to_dict(), gan_preset=gan_preset,
@@ -182,8 +245,11 @@ def main(argv=None) -> int:
         if row.endswith(protocol.AUGMENTED):
             # 4. The fold's per-class GANs (the minority classes), shared by the rows.
             labels = utterances.labels[split.train]
-            chosen = (args.augment.split(",") if args.augment else
-                      protocol.minority_classes(labels, classes, args.augment_smallest))
+            chosen, skipped = protocol.gan_classes(labels, classes, augment or (
+                protocol.minority_classes(labels, classes, args.augment_smallest)))
+            if skipped:
+                print(f"[{row}] {fold.name}: not augmenting {', '.join(skipped)}: fewer "
+                      f"than {protocol.MIN_GAN_IMAGES} training images, no GAN can train")
             synthetic = protocol.fold_gans(
                 split, utterances, bank, classes, protocol.augmentation_counts(
                     labels, classes, chosen, policy), gan_preset, gans,
@@ -196,7 +262,9 @@ def main(argv=None) -> int:
             network_seed=seeds.derive(args.seed, "network"), weights=weights(args),
             synthetic=synthetic, cache=cache, row=row, verbose=experiment.verbosity(args))
 
-    results = experiment.run_folds(out, rows, folds, args.seed, fold_run, repeats=args.seeds)
+    # A "+gan" row shares its original row's seed: the pair differs only in its data.
+    results = experiment.run_folds(out, rows, folds, args.seed, fold_run, repeats=args.seeds,
+                                   seed_key=lambda r: r.removesuffix(protocol.AUGMENTED))
     reference = experiment.baseline_rows(
         args, corpus, folds, out, utterances, class_names=classes,
         aliases={"validation_accuracy": "wa"},
@@ -211,7 +279,9 @@ def main(argv=None) -> int:
         folds=results, smoke=corpus.smoke, started=started, row_header="Classifier",
         baseline=reference,
         document={"classes": classes, "protocol": scheme, "label": args.label,
-                  "paired_tests_vs_original": tests, "cache": None if cache is None else
+                  "paired_tests_vs_original": tests,
+                  "paired_seeds": "each +gan row uses its original row's seed per fold",
+                  "cache": None if cache is None else
                   {"hits": cache.hits, "misses": cache.misses}},
         sections=sections)
     if not args.no_export:

@@ -61,7 +61,7 @@ def test_paper_heads_are_the_listing_25088_4096_4096_n():
     assert res.frozen.count_params() == 23587712  # keras.applications.ResNet50, no top
 
 
-@pytest.mark.parametrize("name", ["resnet50_fc", "vgg16_half"])
+@pytest.mark.parametrize("name", ["resnet50_fc", "vgg16_fc", "vgg16_half"])
 def test_a_training_step_leaves_the_frozen_variables_unchanged(name):
     net = _net(name)
     model = net.compile(net.logits)
@@ -110,13 +110,14 @@ def test_cache_returns_the_uncached_frozen_outputs_and_reuses_them(tmp_path):
     assert again.misses == 2 and len(os.listdir(tmp_path)) == 2
 
 
-def test_cached_training_equals_training_the_whole_network(tmp_path):
+@pytest.mark.parametrize("name", ["resnet50_fc", "vgg16_half"])
+def test_cached_training_equals_training_the_whole_network(tmp_path, name):
     """One epoch on cached features == one epoch of the full model on images."""
     images = _images(8, seed=3)
     labels = np.arange(8) % 4
     heads = []
     for cached in (True, False):
-        net = _net("resnet50_fc", config=CPU.replace(standardise=True, batch_size=4))
+        net = _net(name, config=CPU.replace(standardise=True, batch_size=4))
         if cached:
             inputs = protocol.FeatureCache(None).features(net, images)
             net.standardise(inputs)
@@ -131,6 +132,36 @@ def test_cached_training_equals_training_the_whole_network(tmp_path):
         heads.append([w.numpy() for w in net.head.weights])
     for a, b in zip(*heads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_refuses_three_unequal_channels():
+    net = _net("vgg16_fc")
+    grey = _images(2)
+    cache = protocol.FeatureCache(None)
+    np.testing.assert_array_equal(cache.features(net, np.repeat(grey, 3, axis=-1)),
+                                  cache.features(net, grey))
+    rgb = np.concatenate([grey, grey, grey + 1], axis=-1)
+    with pytest.raises(ValueError, match="image 0 has unequal channels"):
+        cache.features(net, rgb)
+    with pytest.raises(ValueError, match=r"\(n, H, W, 1\)"):
+        cache.features(net, grey[..., 0])
+
+
+def test_cache_memory_maps_big_outputs_with_the_in_memory_values(tmp_path):
+    net = _net("vgg16_fc")
+    images = _images(5, seed=4)
+    plain = protocol.FeatureCache(str(tmp_path / "a")).features(net, images, batch_size=2)
+    assert type(plain) is np.ndarray and plain.dtype == np.float32
+    # 5 x 2048 float32 = 40960 bytes > 1000: a memory-mapped file, misses then hits.
+    mapped_cache = protocol.FeatureCache(str(tmp_path / "b"), memmap_bytes=1000)
+    for _ in range(2):
+        mapped = mapped_cache.features(net, images, batch_size=2)
+        assert isinstance(mapped, np.memmap) and mapped.shape == (5, 2048)
+        np.testing.assert_array_equal(np.asarray(mapped), plain)
+    assert (mapped_cache.hits, mapped_cache.misses) == (5, 5)
+    # The temporary file is unlinked at once; only the entries' folder is left.
+    assert os.listdir(tmp_path / "b") == [f"vgg16_fc-{net.frozen_digest()[:16]}"]
+    assert protocol.MEMMAP_BYTES == 2 ** 30
 
 
 def test_standardise_floors_the_variance_of_dead_units():

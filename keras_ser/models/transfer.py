@@ -180,6 +180,15 @@ class ImageNetPreprocess(layers.Layer):
         self.network = network
 
     def call(self, images):
+        """``preprocess_input`` of the network's Keras application.
+
+        Args:
+            images: ``(batch, H, W, 3)`` float32 RGB in [0, 255].
+
+        Returns:
+            The same shape, float32: channels reversed to BGR and the ImageNet means
+            (103.939, 116.779, 123.68 for B, G, R) subtracted, no scaling.
+        """
         module = (keras.applications.vgg16 if self.network == "vgg16"
                   else keras.applications.resnet50)
         return module.preprocess_input(images)
@@ -266,7 +275,18 @@ class TransferNetwork:
 
     def compile(self, model: keras.Model | None = None) -> keras.Model:
         """Compile ``model`` (default `head`) with the report's loss and SGD; the
-        optimiser is built so a checkpoint can be restored before the first step."""
+        optimiser is built so a checkpoint can be restored before the first step.
+
+        Args:
+            model: `head` (trained on cached frozen features) or `logits` (trained on
+                ``(batch, S, S, 3)`` images); either outputs ``(batch, N)`` logits.
+
+        Returns:
+            ``model``, compiled with BCE on the one-hot targets (``config.loss ==
+            "bce"``, report Sec. 6.2) or softmax cross-entropy (``"cce"``), both from
+            logits; SGD at ``config.learning_rate`` with ``config.momentum`` (our
+            values); the metric ``accuracy`` (categorical, argmax).
+        """
         model = model or self.head
         if self.config.loss == "bce":
             loss = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -284,7 +304,16 @@ class TransferNetwork:
 
         A variance is floored at 1 % of the mean variance (our choice): a unit that never
         fired in training (ReLU features are often all zero) must not be divided by
-        ~0 when it fires on a test image.
+        ~0 when it fires on a test image. Does nothing when ``config.standardise`` is
+        False (no such layer).
+
+        Args:
+            features: ``(n, D)`` or ``(n, h, w, c)`` frozen features (`frozen`'s output
+                shape); statistics per last axis over all other axes. Copied to float64
+                while computing (``n x`` the feature size x 8 bytes).
+
+        Raises:
+            ValueError: ``features`` whose last axis does not fit the layer.
         """
         if not any(layer.name == "standardise" for layer in self.head.layers):
             return

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import shutil
+import tempfile
 import weakref
 from collections.abc import Sequence
 
@@ -56,6 +58,13 @@ TITLES = {**{c: s.title for c, s in transfer.CLASSIFIERS.items()},
           **{c + AUGMENTED: s.title + " + GAN" for c, s in transfer.CLASSIFIERS.items()}}
 #: Fraction of the utterances held out by the report's random split (our choice).
 RANDOM_SPLIT_FRACTION = 0.2
+#: `FeatureCache` outputs above this many bytes are memory-mapped in its directory.
+MEMMAP_BYTES = 1 << 30
+#: Largest absolute GAN loss before training stops with `DivergenceError` (our choice;
+#: the clipped BCE losses stay below ~33, so in practice this catches NaN and inf).
+GAN_DIVERGENCE_LIMIT = 1e6
+#: Fewest training images of a class that can train its GAN.
+MIN_GAN_IMAGES = 2
 
 
 def front_end() -> FrontEnd:
@@ -175,7 +184,15 @@ class ImageBank:
                                 .numpy()[0, ..., :1] for w in utterances.waveforms])
 
     def rgb(self, index) -> np.ndarray:
-        """``(k, 224, 224, 3)`` images at ``index``."""
+        """The three-channel images the transfer networks take.
+
+        Args:
+            index: Utterance indices (anything numpy indexing takes; k images).
+
+        Returns:
+            ``(k, 224, 224, 3)`` float32 in [0, 255], a new array: the grey image
+            repeated in three equal channels (as the served front end makes them).
+        """
         return np.repeat(self.images[index], 3, axis=-1)
 
 
@@ -191,15 +208,22 @@ class FeatureCache:
     fold's features (``vgg16_half`` at 224 x 224 caches 1.6 MB per image: 28 x 28 x 512
     float32).
 
+    Images are grey: one channel, or three equal channels (`ImageBank.rgb`); an entry
+    is keyed by, and computed from, the first channel.
+
     Args:
         directory: Cache folder (created); ``None`` keeps entries in memory only.
+        memmap_bytes: `features` outputs larger than this are memory-mapped files in
+            ``directory`` instead of memory (default `MEMMAP_BYTES`, 1 GiB; ignored
+            without a directory).
 
     Attributes:
         hits, misses: Images served from the cache and computed, since creation.
     """
 
-    def __init__(self, directory: str | None):
+    def __init__(self, directory: str | None, memmap_bytes: int | None = None):
         self.directory = directory
+        self.memmap_bytes = MEMMAP_BYTES if memmap_bytes is None else int(memmap_bytes)
         self.memory: dict = {}
         self.hits = self.misses = 0
 
@@ -207,20 +231,46 @@ class FeatureCache:
                  batch_size: int = 32) -> np.ndarray:
         """``network.frozen`` on every image, from the cache where possible.
 
+        Memory: the output is allocated once and filled entry by entry (no list of
+        per-image arrays, no stacked copy), besides one batch of misses in RGB. With a
+        ``directory`` and an output above ``memmap_bytes`` it is a `numpy.memmap` of a
+        temporary ``.npy`` file in ``directory``, unlinked at once (POSIX): the space is
+        freed when the array and every view of it are garbage collected (elsewhere,
+        where an open file cannot be unlinked, the file is removed at that point).
+
         Args:
             network: A `TransferNetwork`.
-            images: ``(n, H, W, 1)`` or ``(n, H, W, 3)`` float32 in [0, 255].
+            images: ``(n, H, W, 1)`` or ``(n, H, W, 3)`` float32 in [0, 255]; three
+                channels must be equal (grey images).
             batch_size: Images per forward pass of the misses.
 
         Returns:
-            ``(n, *network.frozen.output_shape[1:])`` float32.
+            ``(n, *network.frozen.output_shape[1:])`` float32 (an `numpy.ndarray`, or a
+            `numpy.memmap` as above).
+
+        Raises:
+            ValueError: Not 4-D with 1 or 3 channels, or three unequal channels.
         """
         images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise ValueError(f"FeatureCache.features: images must be (n, H, W, 1) or "
+                             f"(n, H, W, 3), got shape {images.shape}")
         folder = f"{network.name}-{network.frozen_digest()[:16]}"
-        keys = [hashlib.sha1(np.ascontiguousarray(im[..., :1]).tobytes()).hexdigest()
-                for im in images]
-        out: list = [self._load(folder, k) for k in keys]
-        missing = [i for i, found in enumerate(out) if found is None]
+        out = self._allocate((len(images), *network.frozen.output_shape[1:]))
+        keys, missing = [], []
+        for i, im in enumerate(images):
+            if im.shape[-1] == 3 and not (np.array_equal(im[..., 0], im[..., 1])
+                                          and np.array_equal(im[..., 0], im[..., 2])):
+                raise ValueError(f"FeatureCache.features: image {i} has unequal channels; "
+                                 f"the cache takes grey images (one channel, or three "
+                                 f"equal ones) and computes from the first channel")
+            keys.append(hashlib.sha1(np.ascontiguousarray(im[..., :1]).tobytes())
+                        .hexdigest())
+            found = self._load(folder, keys[-1])
+            if found is None:
+                missing.append(i)
+            else:
+                out[i] = found
         self.hits += len(images) - len(missing)
         self.misses += len(missing)
         forward = _inference(network.frozen)
@@ -230,9 +280,22 @@ class FeatureCache:
             for i, value in zip(chosen, np.asarray(forward(rgb))):
                 out[i] = value
                 self._store(folder, keys[i], value)
-        if not out:
-            return np.zeros((0, *network.frozen.output_shape[1:]), np.float32)
-        return np.stack(out).astype(np.float32)
+        return out
+
+    def _allocate(self, shape: tuple) -> np.ndarray:
+        """An uninitialised float32 array of ``shape``: memory-mapped when big (above)."""
+        if self.directory is None or math.prod(shape) * 4 <= self.memmap_bytes:
+            return np.empty(shape, np.float32)
+        os.makedirs(self.directory, exist_ok=True)
+        handle, path = tempfile.mkstemp(prefix=".features-", suffix=".npy",
+                                        dir=self.directory)
+        os.close(handle)
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        try:
+            os.remove(path)  # the mapping keeps the data until it is collected
+        except OSError:
+            weakref.finalize(out, _remove_quietly, path)
+        return out
 
     def _load(self, folder, key):
         if self.directory is None:
@@ -248,9 +311,26 @@ class FeatureCache:
             io.atomic_write(path, lambda tmp: np.save(tmp, value), suffix=".npy")
 
 
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def random_folds(speakers, splits: int) -> list:
     """``splits`` folds standing for the report's random splits (`Split.random` draws
-    each one's utterances from its name), named ``random-split-<k>``."""
+    each one's utterances from its name), named ``random-split-<k>``.
+
+    Args:
+        speakers: Every utterance's speaker (each fold lists them all as training
+            speakers, for the record; the split itself mixes them).
+        splits: Number of independent random splits (the report: 1).
+
+    Returns:
+        ``splits`` `keras_ser.folds.Fold` objects ``random-split-1 .. -<splits>`` with
+        no validation and no test speakers (`fold_split` recognises them by that).
+    """
     from keras_ser.folds import Fold
 
     return [Fold(f"random-split-{i + 1}", sorted(set(speakers)), [], [])
@@ -259,7 +339,19 @@ def random_folds(speakers, splits: int) -> list:
 
 def fold_split(fold, utterances: data.Utterances, seed: int) -> Split:
     """The `Split` of a fold: a random split for `random_folds`' folds (seeded from
-    ``(seed, fold name)``), else its speakers' utterances."""
+    ``(seed, fold name)``), else its speakers' utterances.
+
+    Args:
+        fold: A `keras_ser.folds.Fold` (speaker-independent, or from `random_folds`).
+        utterances: The corpus (its ``labels`` and ``speakers``).
+        seed: Run seed (the random split's draw derives from it and the fold's name).
+
+    Returns:
+        A `Split` (``protocol`` ``"random"`` or ``"speaker"``).
+
+    Raises:
+        ValueError: A speaker fold with a part without utterances (`Split.from_fold`).
+    """
     if fold.name.startswith("random-split-") and not fold.test:
         return Split.random(utterances, seeds.derive(seed, fold.name), fold.name)
     return Split.from_fold(fold, utterances)
@@ -284,7 +376,18 @@ def parse_policy(text: str):
 
 def recall_markdown(results: Sequence[dict], classes: Sequence[str]) -> str:
     """Markdown: test recall of each augmented class (the GANs of a ``+gan`` result),
-    original vs augmented row, mean over the folds (and runs) both rows have."""
+    original vs augmented row, mean over the folds (and runs) both rows have.
+
+    Args:
+        results: Fold results of every row (`train_classifier` dicts with ``repeat``;
+            a ``+gan`` result's ``gans`` names its augmented classes).
+        classes: Class names.
+
+    Returns:
+        A Markdown section: title and a table of classifier, class, recall of the
+        original and of the augmented row in % (mean over the (fold, run) pairs both
+        rows have) and the number of pairs; classes never augmented have no line.
+    """
     lines = ["## Recall of the augmented classes (test, mean over folds)", "",
              "| Classifier | Class | Original | Augmented | Folds |", "|---|---|---|---|---|"]
     for name, spec in transfer.CLASSIFIERS.items():
@@ -341,6 +444,23 @@ def minority_classes(labels, classes: Sequence[str], count: int) -> list:
     return [classes[k] for k in order[:count]]
 
 
+def gan_classes(labels, classes: Sequence[str], chosen: Sequence[str]) -> tuple:
+    """Split the classes chosen for augmentation by whether their GAN can train.
+
+    Args:
+        labels: ``(n,)`` training labels (class indices) of the fold.
+        classes: Class names.
+        chosen: Classes chosen for augmentation (names in ``classes``).
+
+    Returns:
+        ``(kept, skipped)``: the chosen classes with at least `MIN_GAN_IMAGES` training
+        images, and the others (they cannot train a GAN; our rule: not augmented).
+    """
+    sizes = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
+    kept = [c for c in chosen if sizes[classes.index(c)] >= MIN_GAN_IMAGES]
+    return kept, [c for c in chosen if c not in kept]
+
+
 def augmentation_counts(labels, classes: Sequence[str], chosen: Sequence[str],
                         policy) -> dict:
     """How many images to generate per chosen class.
@@ -384,12 +504,12 @@ def augmentation_counts(labels, classes: Sequence[str], chosen: Sequence[str],
     return counts
 
 
-def _gan_batches(images: np.ndarray, batch_size: int, seed: int, epochs: tuple,
+def _gan_batches(scaled: np.ndarray, batch_size: int, seed: int, epochs: tuple,
                  steps_per_epoch: int):
-    """Batches of real images in [-1, 1], each drawn from ``(seed, epoch, step)``."""
+    """Batches of the GAN's real images ``scaled`` (in [-1, 1]), each drawn from
+    ``(seed, epoch, step)``."""
     first, stop = epochs
-    size = min(batch_size, len(images))
-    scaled = nitk_gan.to_gan_image(images).astype(np.float32)
+    size = min(batch_size, len(scaled))
 
     def batches():
         for epoch in range(first, stop):
@@ -407,7 +527,8 @@ def train_class_gan(images: np.ndarray, config, schedule: GANSchedule, folder: s
     """Train one class's DCGAN: D1 until the generator loss drops, then D2.
 
     Args:
-        images: ``(n, 224, 224, 1)`` training images of the class, [0, 255].
+        images: ``(n, 224, 224, 1)`` training images of the class, [0, 255]; resized
+            to the GAN's ``config.image_size`` (antialiased bilinear) when it differs.
         config: `keras_ser.models.nitk_gan.NITKGANConfig` or preset name.
         schedule: `GANSchedule`.
         folder: Run folder of this GAN: ``d1/`` and ``d2/`` checkpoints, ``logs/``
@@ -423,14 +544,19 @@ def train_class_gan(images: np.ndarray, config, schedule: GANSchedule, folder: s
 
     Raises:
         ValueError: Fewer than 2 images.
+        DivergenceError: A loss became NaN, infinite or above `GAN_DIVERGENCE_LIMIT`
+            (before any image is generated).
 
     Reference:
         NITK report, Sec. 6.1.
     """
-    if len(images) < 2:
+    if len(images) < MIN_GAN_IMAGES:
         raise ValueError(f"{title}: a GAN needs at least 2 training images, got {len(images)}")
     keras.utils.set_random_seed(seed)
     generator = nitk_gan.build_generator(config)
+    # The GAN's own image size (the ``cpu`` preset shrinks 224 -> 64).
+    real = nitk_gan.to_gan_image(np.asarray(images, np.float32),
+                                 nitk_gan.get_config(config).image_size).astype(np.float32)
     noise = np.random.default_rng(seed).standard_normal((16, generator.input_shape[-1]))
 
     def as_spectrogram(z, training=False):
@@ -450,10 +576,11 @@ def train_class_gan(images: np.ndarray, config, schedule: GANSchedule, folder: s
         stop, stage_seed = budget - (0 if stage == "d1" else done), seeds.derive(seed, stage)
         state = fit_resumable(
             trainer, lambda first, n=stop, s=stage_seed: _gan_batches(
-                images, schedule.batch_size, s, (first, n), schedule.steps_per_epoch),
+                real, schedule.batch_size, s, (first, n), schedule.steps_per_epoch),
             directory=os.path.join(folder, stage), epochs=stop, seed=stage_seed,
             stage=f"{title} {stage}", early_stopping=switch, callbacks=[grids],
-            verbose=verbose, log_dir=os.path.join(folder, "logs", stage))
+            verbose=verbose, log_dir=os.path.join(folder, "logs", stage),
+            divergence_limit=GAN_DIVERGENCE_LIMIT)
         history[stage] = state["history"]
         done += int(state["epochs_done"]) if stage == "d1" else 0
     io.save_model(generator, os.path.join(folder, "generator.keras"))
@@ -479,22 +606,47 @@ def fold_gans(split: Split, utterances: data.Utterances, bank: ImageBank,
         ``{"images": (k, 224, 224, 1) float32 [0, 255], "labels": (k,) int64,
         "gans": {class: {"images", "real", "switch_epoch", "final_g_loss",
         "final_d_loss"}}}``; a class with a count of 0 gets no GAN.
+
+    Stored images are reused only when made from the same inputs: ``generated.npz``
+    keeps them (``inputs``, JSON: the count, the GAN config, the schedule, the class's
+    seed and the SHA-1 of its training images). When they differ, or the file predates
+    that record, one line says so, the class's folder is deleted (so no checkpoint of
+    another budget is resumed) and its GAN is trained and its images generated again.
+
+    Raises:
+        ValueError: A class with fewer than 2 training images (`train_class_gan`;
+            filter with `gan_classes` first), or an unknown class name.
+        DivergenceError: A GAN's loss diverged (`train_class_gan`).
     """
     images, labels, report = [], [], {}
+    gan_config = nitk_gan.get_config(config).to_dict()
     for name in [c for c in counts if counts[c] > 0]:
         k = classes.index(name)
         path = os.path.join(folder, name)
         done = os.path.join(path, "generated.npz")
-        if not os.path.isfile(done):
-            own = split.train[utterances.labels[split.train] == k]
+        own = split.train[utterances.labels[split.train] == k]
+        inputs = json.loads(json.dumps({  # as read back from the file
+            "count": int(counts[name]), "config": gan_config, "schedule": schedule.to_dict(),
+            "seed": int(seed),
+            "images": hashlib.sha1(np.ascontiguousarray(bank.images[own])).hexdigest()}))
+        previous = _stored_inputs(done)
+        if previous != inputs:
+            if previous is not None:
+                changed = (", ".join(c for c in inputs if previous.get(c) != inputs[c])
+                           if previous else "not recorded")
+                print(f"GAN {name} ({split.name}): {done} was made from other inputs "
+                      f"({changed}); training it again", flush=True)
+            shutil.rmtree(path, ignore_errors=True)
             run = train_class_gan(bank.images[own], config, schedule, path,
                                   seeds.derive(seed, "gan", name), f"GAN {name}", verbose)
             made = nitk_gan.from_gan_image(bce_gan.generate(
-                run["generator"], counts[name], seeds.derive(seed, "generate", name)))[..., :1]
+                run["generator"], counts[name], seeds.derive(seed, "generate", name)),
+                size=bank.images.shape[1])[..., :1]
             last = (run["history"].get("d2") or run["history"]["d1"])[-1]
             io.save_npz(done, images=np.asarray(made, np.float32),
                         switch_epoch=run["switch_epoch"], final_g_loss=last["g_loss"],
-                        final_d_loss=last["d_loss"], real=len(own))
+                        final_d_loss=last["d_loss"], real=len(own),
+                        inputs=np.array(json.dumps(inputs, sort_keys=True)))
             plots.save_png(plots.spectrogram_grid(nitk_gan.spectrogram_view(
                 nitk_gan.to_gan_image(np.asarray(made[:16])))), os.path.join(
                     path, "generated.png"))
@@ -509,6 +661,15 @@ def fold_gans(split: Split, utterances: data.Utterances, bank: ImageBank,
     return {"images": np.concatenate(images) if images else np.zeros((0, *side), np.float32),
             "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
             "gans": report}
+
+
+def _stored_inputs(path: str) -> dict | None:
+    """The ``inputs`` record of a ``generated.npz``: None without the file, ``{}`` for a
+    file written before the record existed."""
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as stored:
+        return json.loads(str(stored["inputs"])) if "inputs" in stored.files else {}
 
 
 def _batches(inputs: np.ndarray, labels: np.ndarray, classes: int, batch_size: int,

@@ -28,13 +28,15 @@ to_gan_image`).
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
 from keras_ser import distribute
 from keras_ser.models import nitk_gan
 from keras_ser.training.base import GANTrainer
-from keras_ser.training.resumable import PersistentEarlyStopping
+from keras_ser.training.resumable import DivergenceError, PersistentEarlyStopping
 
 
 @keras.saving.register_keras_serializable(package="keras_ser")
@@ -75,6 +77,15 @@ class BCEGANTrainer(GANTrainer):
         return list(self.trackers.values())
 
     def call(self, z, training=False):
+        """The generator's images of noise ``z``.
+
+        Args:
+            z: ``(B, N_z)`` float32 noise.
+            training: Batch norm on the batch's statistics (True) or the moving ones.
+
+        Returns:
+            ``(B, 224, 224, 1)`` float32 images in [-1, 1] (tanh).
+        """
         return self.generator(z, training=training)
 
     @staticmethod
@@ -119,7 +130,16 @@ class BCEGANTrainer(GANTrainer):
         return {k: t.result() for k, t in self.trackers.items()}
 
     def generate(self, count: int, seed: int, batch_size: int = 64):
-        """`generate` with this trainer's generator."""
+        """`generate` with this trainer's generator.
+
+        Args:
+            count: Images to make (0 gives an empty array).
+            seed: Seed of the standard-normal noise (the same seed, the same images).
+            batch_size: Images per forward pass.
+
+        Returns:
+            ``(count, 224, 224, 1)`` float32 numpy array in [-1, 1].
+        """
         return generate(self.generator, count, seed, batch_size)
 
 
@@ -127,8 +147,19 @@ def generate(generator: keras.Model, count: int, seed: int, batch_size: int = 64
     """``count`` images of ``generator`` from seeded standard-normal noise, in inference
     mode (batch norm with its moving statistics).
 
+    Args:
+        generator: ``(B, N_z) -> (B, 224, 224, 1)`` (`keras_ser.models.nitk_gan.
+            build_generator`).
+        count: Images to make (0 gives an empty array).
+        seed: Seed of the ``(count, N_z)`` noise, drawn with numpy's ``default_rng``
+            (the same seed, the same images).
+        batch_size: Images per forward pass.
+
     Returns:
         ``(count, 224, 224, 1)`` float32 numpy array in [-1, 1].
+
+    Reference:
+        NITK report, Sec. 6.1 (images generated per class for augmentation).
     """
     import numpy as np
 
@@ -195,6 +226,7 @@ class GeneratorLossDropped(PersistentEarlyStopping):
 
     Raises:
         ValueError: ``ratio`` outside (0, 1); (at an epoch end) no ``g_loss`` in the logs.
+        DivergenceError: (at an epoch end) a NaN or infinite ``g_loss`` or ``d_loss``.
 
     Reference:
         NITK report, Sec. 6.1 ("After some significant decrease in the generator's loss,
@@ -208,9 +240,26 @@ class GeneratorLossDropped(PersistentEarlyStopping):
         self.ratio = float(ratio)
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get("g_loss")
+        """Apply the switch rule to the epoch's mean generator loss.
+
+        Args:
+            epoch: 0-based epoch index.
+            logs: Epoch logs with ``g_loss`` (and usually ``d_loss``), floats.
+
+        Raises:
+            ValueError: No ``g_loss`` in the logs.
+            DivergenceError: ``g_loss`` or ``d_loss`` is NaN or infinite (this method
+                replaces the parent's NaN check, so it makes its own).
+        """
+        logs = logs or {}
+        value = logs.get("g_loss")
         if value is None:
             raise ValueError("'g_loss' is not in the epoch logs of the GAN stage")
+        for key in ("g_loss", "d_loss"):
+            if key in logs and not math.isfinite(float(logs[key])):
+                raise DivergenceError(f"GAN stage diverged: {key} = {float(logs[key])} at "
+                                      f"the end of epoch {epoch + 1}; the generator switch "
+                                      f"rule cannot use it. Lower the learning rates.")
         value = float(value)
         if self.best is None or not value <= self.best:
             self.best, self.best_epoch = value, epoch
