@@ -242,7 +242,11 @@ PRESETS = {
                   "gives no STFT values: the 32 ms Hann window (512 samples), 16 ms hop "
                   "(256), 512-point FFT, 128 Slaney mel bands to 8 kHz in dB, the whole "
                   "utterance resized bilinearly to 224 x 224 (low frequencies at the "
-                  "bottom) and min-max scaled to [0, 255] per image are our choice"),
+                  "bottom) and min-max scaled to [0, 255] per image are our choice. "
+                  "Mel rather than linear frequency bands is also ours: the report's "
+                  "vgg16_half follows its reference [2] (Zhang et al., audio recognition "
+                  "with mel spectrograms and CNNs), and its Sec. 4.3.1 asks only for a "
+                  "logarithmic scale"),
 }
 
 
