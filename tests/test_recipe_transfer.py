@@ -259,6 +259,19 @@ def test_fold_gans_reuse_same_inputs_and_regenerate_when_the_count_changes(tmp_p
     assert more["images"].shape == (3, 224, 224, 1) and os.stat(done).st_mtime_ns != stamp
     with np.load(done) as stored:
         assert json.loads(str(stored["inputs"]))["count"] == 3
+    # Interrupted after training, before the images: the same training inputs resume
+    # from the checkpoints (nothing deleted, nothing retrained, the same images).
+    state = os.path.join(folder, "b", "d2", "state.json")
+    stamp = os.stat(state).st_mtime_ns
+    os.remove(done)
+    resumed = run(3)
+    assert os.stat(state).st_mtime_ns == stamp
+    np.testing.assert_array_equal(resumed["images"], more["images"])
+    # A folder without the training record (or with another one) starts afresh.
+    os.remove(done)
+    os.remove(os.path.join(folder, "b", "training_inputs.json"))
+    run(3)
+    assert os.stat(state).st_mtime_ns != stamp
     # The same seed and schedule retrain the same GAN: its first 2 images are unchanged.
     np.testing.assert_allclose(more["images"][:2], first["images"], atol=1e-3)
 

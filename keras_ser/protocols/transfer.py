@@ -612,6 +612,9 @@ def fold_gans(split: Split, utterances: data.Utterances, bank: ImageBank,
     seed and the SHA-1 of its training images). When they differ, or the file predates
     that record, one line says so, the class's folder is deleted (so no checkpoint of
     another budget is resumed) and its GAN is trained and its images generated again.
+    A GAN interrupted before ``generated.npz`` resumes from its checkpoints when its
+    folder's ``training_inputs.json`` (the same record without the count) matches;
+    otherwise its folder is deleted first.
 
     Raises:
         ValueError: A class with fewer than 2 training images (`train_class_gan`;
@@ -636,7 +639,14 @@ def fold_gans(split: Split, utterances: data.Utterances, bank: ImageBank,
                            if previous else "not recorded")
                 print(f"GAN {name} ({split.name}): {done} was made from other inputs "
                       f"({changed}); training it again", flush=True)
-            shutil.rmtree(path, ignore_errors=True)
+            # An unfinished GAN of the same training inputs resumes from its checkpoints;
+            # anything else in the folder (another budget, images, seed) is removed.
+            training = {key: value for key, value in inputs.items() if key != "count"}
+            started = os.path.join(path, "training_inputs.json")
+            if previous is not None or not os.path.isfile(started) or \
+                    io.read_json(started) != training:
+                shutil.rmtree(path, ignore_errors=True)
+                io.write_json(started, training)
             run = train_class_gan(bank.images[own], config, schedule, path,
                                   seeds.derive(seed, "gan", name), f"GAN {name}", verbose)
             made = nitk_gan.from_gan_image(bce_gan.generate(
