@@ -113,103 +113,35 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def configure(args, corpus, classes, names) -> tuple:
-    """Check the options before any image is computed.
+def configure(args, corpus, classes, names) -> protocol.Plan:
+    """Check the options before any image is computed (`keras_ser.protocols.transfer.
+    Plan.check`) with this recipe's budgets (``smoke`` for the smoke corpus).
 
     Args:
         args: `parse_args` output.
-        corpus: The loaded corpus (``smoke`` picks the smoke budgets).
+        corpus: The loaded corpus.
         classes: Class names.
-        names: The selected classifiers (keys of `transfer.CLASSIFIERS`); only their
-            networks' weights are looked for.
+        names: The selected classifiers (keys of `transfer.CLASSIFIERS`).
 
     Returns:
-        ``(TransferConfig, GANSchedule, gan preset, Schedule, augmentation policy,
-        classes to augment)``; the last is the ``--augment`` names without empty items
-        (``[]``: the ``--augment-smallest`` classes of each fold).
+        The `keras_ser.protocols.transfer.Plan`.
 
     Raises:
-        experiment.BadInput: Out-of-range values, unknown classes to augment, a bad
-            ``--augment-count``, a missing weight file, or ``--weights PATH`` (one
-            file) with classifiers of two networks (VGG16 and ResNet50).
+        experiment.BadInput: What `Plan.check` raises, and ``--gan-steps`` below two
+            GAN epochs.
     """
-    name = "smoke" if corpus.smoke else args.preset
-    settings = SCHEDULES[name].override(args)
-    gans = GAN_SCHEDULES[name]
+    budget = "smoke" if corpus.smoke else args.preset
     try:
-        if args.gan_steps is not None:
-            gans = protocol.GANSchedule(**{**gans.to_dict(), "steps": args.gan_steps})
-        model = transfer.get_config(args.preset).replace(
-            batch_size=settings.batch_size, standardise=weights(args) is None)
-        networks = sorted({transfer.CLASSIFIERS[c].network for c in names})
-        if weights(args) not in (None, "imagenet") and len(networks) > 1:
-            raise ValueError(f"--weights {args.weights}: a single weight file fits one "
-                             f"network, but the classifiers {','.join(names)} use "
-                             f"{' and '.join(networks)}; choose --classifiers of one "
-                             f"network, or --weights imagenet")
-        for network in networks:
-            transfer.resolve_weights(network, weights(args))
-        policy = protocol.parse_policy(args.augment_count)
-        chosen = [c for c in (args.augment or "").split(",") if c]
-        unknown = [c for c in chosen if c not in classes]
-        if unknown:
-            raise ValueError(f"--augment {unknown}: not among the classes {classes}")
-        if isinstance(policy, dict) and (not chosen or set(chosen) - set(policy)):
-            raise ValueError("--augment-count class=N needs --augment naming those classes")
+        gans = GAN_SCHEDULES[budget] if args.gan_steps is None else protocol.GANSchedule(
+            **{**GAN_SCHEDULES[budget].to_dict(), "steps": args.gan_steps})
+        return protocol.Plan.check(
+            classes=classes, names=names, training_sets=args.training_sets,
+            preset=args.preset, settings=SCHEDULES[budget].override(args), gans=gans,
+            gan_preset=args.gan_preset, weights=args.weights, augment=args.augment,
+            augment_count=args.augment_count, smallest=args.augment_smallest,
+            label=args.label)
     except (ValueError, FileNotFoundError) as err:
         raise experiment.BadInput(str(err)) from None
-    return model, gans, args.gan_preset or args.preset, settings, policy, chosen
-
-
-def gan_side(args) -> int:
-    """Side in pixels of the GAN's images for the chosen GAN preset."""
-    return nitk_gan.get_config(args.gan_preset or args.preset).image_size
-
-
-def weights(args):
-    """``--weights`` for `keras_ser.models.transfer.build_transfer` (None: random)."""
-    return None if args.weights == "none" else args.weights
-
-
-def header(args, classes, scheme, folds, settings, gans, model) -> list:
-    """The bullet lines under the results title.
-
-    Args:
-        args: `parse_args` output.
-        classes: Class names.
-        scheme: ``"loso-speaker"``, ``"kfold"`` or ``"random"``.
-        folds: The folds run.
-        settings: Classifier `Schedule`.
-        gans: `GANSchedule`.
-        model: `TransferConfig`.
-
-    Returns:
-        Markdown lines (no bullets): classes, protocol (with what "Validation accuracy"
-        measures), augmented classes, preset values, paired seeds, base weights.
-    """
-    weights_note = ("random initialisation (no ImageNet weights can be downloaded here), "
-                    "frozen features standardised on each fold's training images"
-                    if args.weights == "none" else args.weights)
-    return [f"Classes ({args.label}): {', '.join(classes)}",
-            f"Protocol: {scheme}, {len(folds)} fold(s)"
-            + ("; the validation speaker picks the epoch, and 'Validation accuracy' is "
-               "measured on that same speaker (so it is optimistic; the test speakers "
-               "are unseen)." if scheme != "random" else
-               " (the report's: speakers mixed, the last epoch kept, 'validation' = the "
-               "held-out 20 %)."),
-            (f"Augmented classes: "
-             f"{args.augment or f'the {args.augment_smallest} smallest per fold'}"
-             f", count: {args.augment_count}."),
-            (f"Preset {args.preset}: images 224 x 224 seen at {model.input_size} x "
-             f"{model.input_size}, head {model.head_units} units, {settings.max_epochs} "
-             f"epochs, batch {settings.batch_size}, SGD {model.learning_rate:g} (momentum "
-             f"{model.momentum:g}), loss {model.loss}; GAN preset "
-             f"{args.gan_preset or args.preset} ({gan_side(args)} x {gan_side(args)} images), "
-             f"{gans.steps} updates per class, Adam D {gans.d_lr:g} / G {gans.g_lr:g}."),
-            ("Paired seeds: each + GAN row uses its original row's seed in every fold "
-             "(head initialisation, dropout, batch draws), so a pair differs only in its "
-             "training data."),
-            f"Base weights: {weights_note}."]
 
 
 @experiment.recipe_main
@@ -217,16 +149,12 @@ def main(argv=None) -> int:
     """Run the recipe; returns the exit status (0; 2 for bad options or data)."""
     args, started = parse_args(argv), time.time()
     names = experiment.rows_of(args.classifiers, transfer.CLASSIFIERS, "classifiers")
-    rows = ((names if args.training_sets != "augmented" else [])
-            + ([n + protocol.AUGMENTED for n in names] if args.training_sets != "original"
-               else []))
     out = experiment.out_dir(args, "transfer_gan_augment")
-    # 1. Data and labels.
+    # 1. Data and labels; every option checked before any image is computed.
     corpus = experiment.load_corpus(args, out)
     classes = experiment.choose_classes(corpus, args.classes, label=args.label)
     utterances = data.Utterances(corpus.records, classes=classes, label=args.label)
-    model, gans, gan_preset, settings, policy, augment = configure(args, corpus, classes,
-                                                                   names)
+    plan = configure(args, corpus, classes, names)
     # 2. One spectrogram image per utterance, by the served front end.
     bank = protocol.ImageBank(utterances)
     # 3. Folds: speakers held out, or the report's random splits.
@@ -235,36 +163,24 @@ def main(argv=None) -> int:
         else experiment.choose_folds(corpus, scheme, args.folds or ("2" if corpus.smoke else
                                      None), out, **({"k": args.k} if scheme == "kfold" else {}))
     experiment.write_config(out, args, argv, corpus, classes=classes, protocol=scheme,
-                            folds=[f.name for f in folds], model_config=model,
-                            gan_schedule=gans.to_dict(), gan_preset=gan_preset,
-                            settings=settings, rows=rows)
+                            folds=[f.name for f in folds], model_config=plan.model,
+                            gan_schedule=plan.gans.to_dict(), gan_preset=plan.gan_preset,
+                            settings=plan.settings, rows=list(plan.rows))
     cache = None if args.no_cache else protocol.FeatureCache(os.path.join(out, "cache"))
+    verbose = experiment.verbosity(args)
 
     def fold_run(row, fold, path, seed):
-        split, synthetic = protocol.fold_split(fold, utterances, args.seed), None
-        if row.endswith(protocol.AUGMENTED):
-            # 4. The fold's per-class GANs (the minority classes), shared by the rows.
-            labels = utterances.labels[split.train]
-            chosen, skipped = protocol.gan_classes(labels, classes, augment or (
-                protocol.minority_classes(labels, classes, args.augment_smallest)))
-            if skipped:
-                print(f"[{row}] {fold.name}: not augmenting {', '.join(skipped)}: fewer "
-                      f"than {protocol.MIN_GAN_IMAGES} training images, no GAN can train")
-            synthetic = protocol.fold_gans(
-                split, utterances, bank, classes, protocol.augmentation_counts(
-                    labels, classes, chosen, policy), gan_preset, gans,
-                os.path.join(out, "gans", fold.name), seeds.derive(args.seed, fold.name),
-                experiment.verbosity(args))
+        split = protocol.fold_split(fold, utterances, args.seed)
+        # 4. The fold's per-class GANs (the minority classes), shared by its +gan rows.
+        synthetic = plan.gan_images(row, split, utterances, bank, os.path.join(
+            out, "gans", fold.name), seeds.derive(args.seed, fold.name), verbose)
         # 5. The transfer classifier on original or augmented training images.
-        return protocol.train_classifier(
-            row.removesuffix(protocol.AUGMENTED), split, utterances, bank, classes, path,
-            config=model, epochs=settings.max_epochs, seed=seed,
-            network_seed=seeds.derive(args.seed, "network"), weights=weights(args),
-            synthetic=synthetic, cache=cache, row=row, verbose=experiment.verbosity(args))
+        return plan.train(row, split, utterances, bank, path, seed=seed, synthetic=synthetic,
+                          network_seed=seeds.derive(args.seed, "network"), cache=cache,
+                          verbose=verbose)
 
-    # A "+gan" row shares its original row's seed: the pair differs only in its data.
-    results = experiment.run_folds(out, rows, folds, args.seed, fold_run, repeats=args.seeds,
-                                   seed_key=lambda r: r.removesuffix(protocol.AUGMENTED))
+    results = experiment.run_folds(out, list(plan.rows), folds, args.seed, fold_run,
+                                   repeats=args.seeds, seed_key=protocol.original_row)
     reference = experiment.baseline_rows(
         args, corpus, folds, out, utterances, class_names=classes,
         aliases={"validation_accuracy": "wa"},
@@ -274,10 +190,9 @@ def main(argv=None) -> int:
         results, names, classes, COLUMNS, len(folds) > 1 and args.training_sets == "both")
     summary = experiment.write_results(
         out, title=f"GAN augmentation + ImageNet transfer (NITK report) on {corpus.name}",
-        header=header(args, classes, scheme, folds, settings, gans, model), entries=results,
-        rows=rows, row_titles=protocol.TITLES, columns=COLUMNS, main=COLUMNS[2],
-        folds=results, smoke=corpus.smoke, started=started, row_header="Classifier",
-        baseline=reference,
+        header=plan.header(scheme, folds), entries=results, rows=list(plan.rows),
+        row_titles=protocol.TITLES, columns=COLUMNS, main=COLUMNS[2], folds=results,
+        smoke=corpus.smoke, started=started, row_header="Classifier", baseline=reference,
         document={"classes": classes, "protocol": scheme, "label": args.label,
                   "paired_tests_vs_original": tests,
                   "paired_seeds": "each +gan row uses its original row's seed per fold",
@@ -289,6 +204,7 @@ def main(argv=None) -> int:
                                lambda r: protocol.front_end(), classes,
                                {"recipe": "transfer_gan_augment", "corpus": corpus.name})
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

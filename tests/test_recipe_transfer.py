@@ -189,8 +189,9 @@ class _Smoke:
 def test_augment_with_a_trailing_comma_names_only_real_classes():
     recipe = load_recipe("transfer_gan_augment")
     args = recipe.parse_args(["--augment", "anger,", "--augment-count", "anger=3"])
-    *_, policy, chosen = recipe.configure(args, _Smoke(), ["anger", "sadness"], ["vgg16_fc"])
-    assert chosen == ["anger"] and policy == {"anger": 3}
+    plan = recipe.configure(args, _Smoke(), ["anger", "sadness"], ["vgg16_fc"])
+    assert plan.augment == ("anger",) and plan.policy == {"anger": 3}
+    assert plan.rows == ("vgg16_fc", "vgg16_fc+gan") and plan.weights is None
     args = recipe.parse_args(["--augment", "anger,,boredom"])
     with pytest.raises(recipe.experiment.BadInput, match=r"\['boredom'\]"):
         recipe.configure(args, _Smoke(), ["anger", "sadness"], ["vgg16_fc"])

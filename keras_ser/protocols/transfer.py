@@ -17,6 +17,9 @@ For each fold (a speaker-independent split, or the report's random split):
    validation speakers, and on the test speakers with WA, UA, macro-F1 and per-class
    recall, all from the exported classifier's own front end (`keras_ser.scoring`).
 
+A recipe checks its options once, before any image is computed, into a `Plan`, which
+then runs steps 2 and 3 for each (row, fold): `Plan.gan_images`, `Plan.train`.
+
 The two protocols differ only in the split (`Split`): speaker-independent folds keep
 the epoch with the best validation-speaker accuracy and test on unseen speakers; the
 report's random split (80 / 20 of the utterances, stratified; the ratio is our choice,
@@ -839,3 +842,188 @@ def train_classifier(name: str, split: Split, utterances: data.Utterances, bank:
     # its result.json is written retrains this fold, with the same result).
     shutil.rmtree(os.path.join(out_dir, "ckpt"), ignore_errors=True)
     return result
+
+
+def original_row(row: str) -> str:
+    """The original row of a table row (``"vgg16_fc+gan"`` -> ``"vgg16_fc"``): the
+    ``seed_key`` of `keras_ser.experiment.run_folds`, so that a ``+gan`` row shares its
+    original row's seed in every fold and the pair differs only in its training data."""
+    return row.removesuffix(AUGMENTED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The checked options of one run of the NITK recipe, and its per-fold steps.
+
+    Build it with `Plan.check`; the recipe then calls `gan_images` and `train` per fold.
+
+    Attributes:
+        classes: Class names (index order of the labels).
+        names: The selected classifiers (keys of `transfer.CLASSIFIERS`).
+        rows: Table rows: ``names`` and/or ``name + AUGMENTED`` (``training_sets``).
+        model: `keras_ser.models.transfer.TransferConfig` (batch size of ``settings``;
+            frozen features standardised with random bases).
+        settings: The classifiers' `keras_ser.experiment.Schedule`.
+        gans: `GANSchedule` of each class's GAN.
+        gan_preset: `keras_ser.models.nitk_gan` preset name.
+        policy: `parse_policy` of ``--augment-count``.
+        augment: Classes named for augmentation (empty: the ``smallest`` classes of each
+            fold's training set).
+        smallest: How many minority classes to augment when ``augment`` is empty.
+        weights: ``"imagenet"``, a weight file, or None (random initialisation).
+        options: The option texts the header quotes (``label``, ``augment``,
+            ``augment_count``, ``preset``).
+    """
+
+    classes: tuple
+    names: tuple
+    rows: tuple
+    model: transfer.TransferConfig
+    settings: object
+    gans: GANSchedule
+    gan_preset: str
+    policy: object
+    augment: tuple
+    smallest: int
+    weights: str | None
+    options: dict
+
+    @classmethod
+    def check(cls, *, classes, names, training_sets: str, preset: str, settings,
+              gans: GANSchedule, gan_preset: str | None, weights: str, augment: str | None,
+              augment_count: str, smallest: int, label: str) -> Plan:
+        """Check the options before any image is computed.
+
+        Args:
+            classes: Class names.
+            names: The selected classifiers; only their networks' weights are looked for.
+            training_sets: ``"both"``, ``"original"`` or ``"augmented"`` (Figure 19's
+                rows trained on the original images, on the augmented ones, or both).
+            preset: Classifier preset (`keras_ser.models.transfer.TRANSFER_PRESETS`).
+            settings: Classifier `keras_ser.experiment.Schedule` (its batch size is used).
+            gans: `GANSchedule`.
+            gan_preset: GAN preset (None: ``preset``).
+            weights: ``"none"``, ``"imagenet"`` or a weight file.
+            augment: Comma-separated classes to augment (empty items ignored), or None.
+            augment_count: ``balance``, ``N`` or ``class=N,...`` (`parse_policy`).
+            smallest: Minority classes to augment per fold without ``augment``.
+            label: Label name (for the header).
+
+        Returns:
+            The `Plan`.
+
+        Raises:
+            ValueError: Unknown classes to augment, a bad ``augment_count``, ``class=N``
+                counts without ``augment`` naming those classes, or one weight file for
+                classifiers of two networks (VGG16 and ResNet50).
+            FileNotFoundError: A missing weight file (`transfer.resolve_weights`).
+        """
+        base = None if weights == "none" else weights
+        networks = sorted({transfer.CLASSIFIERS[c].network for c in names})
+        if base not in (None, "imagenet") and len(networks) > 1:
+            raise ValueError(f"--weights {weights}: a single weight file fits one network, "
+                             f"but the classifiers {','.join(names)} use "
+                             f"{' and '.join(networks)}; choose --classifiers of one "
+                             f"network, or --weights imagenet")
+        for network in networks:
+            transfer.resolve_weights(network, base)
+        policy = parse_policy(augment_count)
+        chosen = tuple(c for c in (augment or "").split(",") if c)
+        unknown = [c for c in chosen if c not in classes]
+        if unknown:
+            raise ValueError(f"--augment {unknown}: not among the classes {classes}")
+        if isinstance(policy, dict) and (not chosen or set(chosen) - set(policy)):
+            raise ValueError("--augment-count class=N needs --augment naming those classes")
+        rows = ((list(names) if training_sets != "augmented" else [])
+                + ([n + AUGMENTED for n in names] if training_sets != "original" else []))
+        model = transfer.get_config(preset).replace(batch_size=settings.batch_size,
+                                                    standardise=base is None)
+        return cls(tuple(classes), tuple(names), tuple(rows), model, settings, gans,
+                   gan_preset or preset, policy, chosen, smallest, base,
+                   {"label": label, "augment": augment, "augment_count": augment_count,
+                    "preset": preset, "weights": weights})
+
+    def header(self, scheme: str, folds: Sequence) -> list:
+        """The bullet lines under the results title.
+
+        Args:
+            scheme: ``"loso-speaker"``, ``"kfold"`` or ``"random"``.
+            folds: The folds run.
+
+        Returns:
+            Markdown lines (no bullets): classes, protocol (with what "Validation
+            accuracy" measures), augmented classes, preset values, paired seeds, base
+            weights.
+        """
+        o, model, gans = self.options, self.model, self.gans
+        side = nitk_gan.get_config(self.gan_preset).image_size
+        weights_note = ("random initialisation (no ImageNet weights can be downloaded "
+                        "here), frozen features standardised on each fold's training images"
+                        if self.weights is None else self.weights)
+        return [f"Classes ({o['label']}): {', '.join(self.classes)}",
+                f"Protocol: {scheme}, {len(folds)} fold(s)"
+                + ("; the validation speaker picks the epoch, and 'Validation accuracy' is "
+                   "measured on that same speaker (so it is optimistic; the test speakers "
+                   "are unseen)." if scheme != "random" else
+                   " (the report's: speakers mixed, the last epoch kept, 'validation' = the "
+                   "held-out 20 %)."),
+                (f"Augmented classes: "
+                 f"{o['augment'] or f'the {self.smallest} smallest per fold'}"
+                 f", count: {o['augment_count']}."),
+                (f"Preset {o['preset']}: images 224 x 224 seen at {model.input_size} x "
+                 f"{model.input_size}, head {model.head_units} units, "
+                 f"{self.settings.max_epochs} epochs, batch {self.settings.batch_size}, SGD "
+                 f"{model.learning_rate:g} (momentum {model.momentum:g}), loss "
+                 f"{model.loss}; GAN preset {self.gan_preset} ({side} x {side} images), "
+                 f"{gans.steps} updates per class, Adam D {gans.d_lr:g} / G {gans.g_lr:g}."),
+                ("Paired seeds: each + GAN row uses its original row's seed in every fold "
+                 "(head initialisation, dropout, batch draws), so a pair differs only in "
+                 "its training data."),
+                f"Base weights: {weights_note}."]
+
+    def gan_images(self, row: str, split: Split, utterances: data.Utterances,
+                   bank: ImageBank, folder: str, seed: int, verbose="auto") -> dict | None:
+        """The fold's generated training images for a ``+gan`` row (NITK report, Sec. 6.1).
+
+        The classes to augment (``augment``, or the fold's ``smallest`` minority classes)
+        that have at least `MIN_GAN_IMAGES` training images each get a GAN (`fold_gans`;
+        one line names the others); the fold's ``+gan`` rows share these GANs.
+
+        Args:
+            row: Table row; an original row gets None.
+            split: The fold.
+            utterances, bank: The corpus and its images.
+            folder: The fold's GAN folder (``<out>/gans/<fold>``).
+            seed: The fold's seed.
+            verbose: Keras ``fit`` verbosity.
+
+        Returns:
+            `fold_gans` output, or None for an original row.
+
+        Raises:
+            DivergenceError: A GAN's loss diverged.
+        """
+        if not row.endswith(AUGMENTED):
+            return None
+        classes = list(self.classes)
+        labels = utterances.labels[split.train]
+        chosen, skipped = gan_classes(labels, classes, list(self.augment) or (
+            minority_classes(labels, classes, self.smallest)))
+        if skipped:
+            print(f"[{row}] {split.name}: not augmenting {', '.join(skipped)}: fewer than "
+                  f"{MIN_GAN_IMAGES} training images, no GAN can train")
+        return fold_gans(split, utterances, bank, classes,
+                         augmentation_counts(labels, classes, chosen, self.policy),
+                         self.gan_preset, self.gans, folder, seed, verbose)
+
+    def train(self, row: str, split: Split, utterances: data.Utterances, bank: ImageBank,
+              out_dir: str, *, seed: int, network_seed: int, synthetic: dict | None,
+              cache: FeatureCache | None, verbose="auto") -> dict:
+        """`train_classifier` for a table row (NITK report, Sec. 6.2 and Figure 19), with
+        this plan's configuration, epochs and weights; see there for the arguments,
+        result and errors."""
+        return train_classifier(original_row(row), split, utterances, bank,
+                                list(self.classes), out_dir, config=self.model,
+                                epochs=self.settings.max_epochs, seed=seed,
+                                network_seed=network_seed, weights=self.weights,
+                                synthetic=synthetic, cache=cache, row=row, verbose=verbose)
