@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
+    import keras_ser  # noqa: F401, I001  (first: its hook keeps TensorFlow quiet)
+
     import keras
     import numpy as np
 
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
                 data, steps = protocol._batches(inputs, labels, 7, config.batch_size, 0,
                                                 (round_, round_ + 1), rgb)
                 start = time.perf_counter()
-                model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+                model.fit(data, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
                 if round_:  # round 0 traces the step functions
                     times[key].append(time.perf_counter() - start)
         cached, uncached = (statistics.median(times[k]) for k in ("cached", "uncached"))
